@@ -15,7 +15,9 @@ import sys
 from latent_diffusion import __version__
 
 # Modules that contribute sub-commands, in the order they appear in ``ldm --help``.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "latent_diffusion.data.cli",
+]
 
 
 class UsageError(ValueError):

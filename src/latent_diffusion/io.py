@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from latent_diffusion.config import Config
@@ -109,7 +109,7 @@ def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     try:
         return load_file(str(path), device=str(device))
-    except (SafetensorsError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"weights file {str(path)!r} is corrupt or not safetensors: {err}") from err
 
 
