@@ -1,0 +1,61 @@
+"""Run and optimizer settings shared by both training stages (part of each stage's YAML config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from latent_diffusion.config import Config
+from latent_diffusion.validation import check_positive
+
+
+@dataclass
+class OptimConfig(Config):
+    """AdamW with linear warm-up, gradient clipping and accumulation."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+
+    def __post_init__(self) -> None:
+        check_positive("optim.lr", self.lr)
+        check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive("optim.grad_accum", self.grad_accum)
+        if self.grad_clip is not None:
+            check_positive("optim.grad_clip", self.grad_clip)
+
+
+@dataclass
+class RunConfig(Config):
+    """Where a run writes, how long it lasts, how often it logs, samples and checkpoints."""
+
+    run_dir: str = "runs/default"
+    max_steps: int = 1000
+    batch_size: int = 16
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 10
+    image_every: int = 500
+    checkpoint_every: int = 500
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "log_every", "image_every", "checkpoint_every", "keep_last"):
+            check_positive(f"run.{name}", getattr(self, name))
+        check_positive("run.num_workers", self.num_workers, allow_zero=True)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` means CUDA when available, else CPU; anything else is passed to torch as is."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
