@@ -1,1 +1,22 @@
-"""autoencoder."""
+"""First-stage autoencoder of latent diffusion: KL- or VQ-regularized, SD/LDM checkpoint names."""
+
+from latent_diffusion.autoencoder.blocks import AttnBlock, Decoder, Downsample, Encoder, ResnetBlock, Upsample
+from latent_diffusion.autoencoder.kl import DiagonalGaussian
+from latent_diffusion.autoencoder.model import Autoencoder, AutoencoderConfig, Posterior
+from latent_diffusion.autoencoder.vq import QuantizedLatent, VectorQuantizer, code_perplexity
+
+__all__ = [
+    "AttnBlock",
+    "Autoencoder",
+    "AutoencoderConfig",
+    "Decoder",
+    "DiagonalGaussian",
+    "Downsample",
+    "Encoder",
+    "Posterior",
+    "QuantizedLatent",
+    "ResnetBlock",
+    "Upsample",
+    "VectorQuantizer",
+    "code_perplexity",
+]
