@@ -17,6 +17,7 @@ from latent_diffusion import __version__
 # Modules that contribute sub-commands, in the order they appear in ``ldm --help``.
 COMMAND_MODULES: list[str] = [
     "latent_diffusion.data.cli",
+    "latent_diffusion.training.cli",
 ]
 
 

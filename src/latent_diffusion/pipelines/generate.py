@@ -1,0 +1,92 @@
+"""Wiring that every task shares: conditions in, noise through a sampler, latents decoded.
+
+No sampler knows about text and no network knows about samplers; this module is where they
+meet. Noise is drawn as diffusers draws it: one CPU ``torch.Generator`` seeded with ``seed``,
+one ``torch.randn`` of shape ``[batch, C, h, w]``, then the ancestral samplers' noise from the
+same generator, so a seed names the same images on any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from latent_diffusion.pipelines.components import DiffusionComponents
+from latent_diffusion.sampling import CFGDenoiser, DiscreteDenoiser, get_sampler, get_sigmas, initial_latent
+from latent_diffusion.sampling.discretization import SPACINGS
+from latent_diffusion.validation import check_choice, check_positive
+
+DEFAULT_SPACING = {"euler": "trailing", "euler_ancestral": "trailing", "heun": "karras",
+                   "dpmpp_2m": "karras", "ddim": "trailing", "ddpm": "trailing"}
+
+
+def sample_latents(
+    components: DiffusionComponents,
+    cond: dict[str, torch.Tensor],
+    uncond: dict[str, torch.Tensor] | None,
+    *,
+    batch_size: int,
+    seed: int,
+    steps: int = 25,
+    sampler: str = "dpmpp_2m",
+    guidance: float = 5.0,
+    rescale: float = 0.0,
+    spacing: str | None = None,
+    latent_size: int | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    sampler_options: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Run the reverse process from seeded noise to latents (already divided by nothing: the
+    UNet's latent space, scaled by the autoencoder's scale factor)."""
+    check_positive("steps", steps)
+    check_positive("batch_size", batch_size)
+    sampler_fn = get_sampler(sampler)
+    spacing = spacing or DEFAULT_SPACING.get(sampler, "trailing")
+    check_choice("spacing", spacing, SPACINGS)
+    size = latent_size or components.latent_size
+    unet = components.unet
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    schedule = components.schedule
+    sigmas = get_sigmas(schedule, steps, spacing)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((batch_size, unet.config.in_channels, size, size), generator=generator)
+    x = initial_latent(noise, sigmas).to(device=device, dtype=dtype)
+    denoiser = CFGDenoiser(DiscreteDenoiser(unet, schedule, components.diffusion.prediction),
+                           scale=guidance, rescale=rescale)
+    extra = {"cond": cond, "uncond": uncond}
+    with torch.no_grad():
+        return sampler_fn(denoiser, x, sigmas, extra_args=extra, callback=callback,
+                          generator=generator, **(sampler_options or {}))
+
+
+def decode_images(components: DiffusionComponents, latents: torch.Tensor) -> torch.Tensor:
+    """Decode diffusion latents to images in [-1, 1] (float32, clamped)."""
+    with torch.no_grad():
+        images = components.autoencoder.decode_latents(latents)
+    return images.float().clamp(-1, 1)
+
+
+def text_conditions(components: DiffusionComponents, prompts: list[str],
+                    negative: list[str] | None = None) -> tuple[dict, dict]:
+    """Conditional and unconditional UNet kwargs for ``prompts`` (negative prompt or empty)."""
+    conditioner = components.conditioner
+    with torch.no_grad():
+        cond = conditioner(prompts=prompts)
+        if negative is None:
+            uncond = conditioner.unconditional(len(prompts))
+        else:
+            uncond = conditioner(prompts=negative)
+    return cond, uncond
+
+
+def images_to_pil(images: torch.Tensor) -> list:
+    """[-1, 1] image tensors to PIL images (RGB, or L for one channel)."""
+    from PIL import Image
+
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if pixels.shape[-1] == 1:
+        return [Image.fromarray(p[..., 0], mode="L") for p in pixels]
+    return [Image.fromarray(p, mode="RGB") for p in pixels]

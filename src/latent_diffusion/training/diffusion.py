@@ -1,0 +1,336 @@
+"""Stage 2: train the latent diffusion UNet on a frozen autoencoder's latents (paper Sec. 3.2).
+
+Latents (and frozen text encodings) are computed once and cached, so a step costs only the UNet.
+Every random draw of a step (posterior sample, timesteps, noise, condition dropout) comes from a
+generator seeded by ``(seed, step, micro-batch)`` and is drawn for the *global* batch, of which
+each process takes its share. So a run is bit-reproducible, resumes exactly from a checkpoint,
+and ``torchrun --nproc_per_node=K`` computes the same batches as one process with K times the
+batch (up to the order of floating-point sums in the gradient all-reduce).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.conditioning import Conditioner, ConditionerConfig, build_conditioner
+from latent_diffusion.config import Config
+from latent_diffusion.data import DataConfig, dataset_from_config
+from latent_diffusion.diffusion.objective import diffusion_loss
+from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
+from latent_diffusion.io import load_state_strict, load_tensors
+from latent_diffusion.pipelines.components import DiffusionComponents, check_compatible, save_components
+from latent_diffusion.pipelines.generate import decode_images, sample_latents
+from latent_diffusion.training.checkpoint import CheckpointManager
+from latent_diffusion.training.distributed import DistributedContext, unwrap_model
+from latent_diffusion.training.ema import EMA
+from latent_diffusion.training.latent_cache import (
+    LatentSet,
+    TextCache,
+    cache_key,
+    encode_captions,
+    encode_dataset,
+    file_digest,
+)
+from latent_diffusion.training.logging import TrainingLogger
+from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
+from latent_diffusion.unet import UNet, UNetConfig
+from latent_diffusion.validation import check_in_range
+
+
+@dataclass
+class PreviewConfig(Config):
+    """Fixed prompts (or class names) and seed for the sample grids logged during training."""
+
+    prompts: tuple[str, ...] = ()
+    seed: int = 0
+    steps: int = 20
+    sampler: str = "dpmpp_2m"
+    guidance: float = 4.0
+
+
+@dataclass
+class DiffusionTrainingConfig(Config):
+    """Everything a stage-2 run needs; saved in every checkpoint."""
+
+    data: DataConfig
+    autoencoder: str  # a folder holding autoencoder.json + autoencoder.safetensors
+    unet: UNetConfig
+    conditioner: ConditionerConfig
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    ema_decay: float = 0.999
+    cache_text: bool = True
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+
+    def __post_init__(self) -> None:
+        check_in_range("ema_decay", self.ema_decay, 0.0, 1.0)
+
+
+def load_autoencoder(folder: str | Path) -> Autoencoder:
+    """The frozen first stage from a folder with ``autoencoder.json`` and ``.safetensors``."""
+    folder = Path(folder)
+    if not (folder / "autoencoder.json").is_file():
+        raise FileNotFoundError(
+            f"autoencoder folder {str(folder)!r} has no autoencoder.json; train one with "
+            "`ldm train autoencoder --config FILE` and point `autoencoder:` at its final/ folder"
+        )
+    model = Autoencoder(AutoencoderConfig.load(folder / "autoencoder.json"))
+    load_state_strict(model, load_tensors(folder / "autoencoder.safetensors"), str(folder / "autoencoder.safetensors"))
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The generator of one micro-batch: a pure function of (seed, step, micro-batch)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
+
+
+class DiffusionTrainer:
+    """Builds the models, caches, optimizer and logger of a run; :meth:`train` runs it."""
+
+    def __init__(self, config: DiffusionTrainingConfig, resume: bool = False) -> None:
+        self.config = config
+        self.ctx = DistributedContext(resolve_device(config.run.device)).init()
+        self.device = self.ctx.device
+        self.run_dir = Path(config.run.run_dir)
+        torch.manual_seed(config.run.seed)  # identical initial weights on every rank and every run
+        self.autoencoder = load_autoencoder(config.autoencoder).to(self.device)
+        self.conditioner = build_conditioner(config.conditioner).to(self.device)
+        self.unet = UNet(config.unet).to(self.device)
+        check_compatible(self.autoencoder, self.unet, self.conditioner)
+        self.schedule = NoiseSchedule.from_config(config.diffusion)
+        self.latents, self.text = self._build_caches()
+        trainable = list(self.unet.parameters())
+        if self.conditioner.trainable:
+            trainable += [p for p in self.conditioner.parameters() if p.requires_grad]
+        self.trainable = trainable
+        self.model = self.ctx.wrap(self.unet)
+        self.ema = EMA(self.unet, decay=config.ema_decay)
+        self.optimizer = build_optimizer(trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+                                         betas=config.optim.betas)
+        self.scheduler = warmup_schedule(self.optimizer, config.optim.warmup_steps, config.run.max_steps,
+                                         kind=config.optim.schedule)
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
+        self.step = 0
+        if resume:
+            self._resume()
+
+    # ---- data -------------------------------------------------------------------------------
+    def _build_caches(self) -> tuple[LatentSet, TextCache | None]:
+        config = self.config
+        cache_dir = self.run_dir / "cache"
+        weights = Path(config.autoencoder) / "autoencoder.safetensors"
+        key = cache_key(file_digest(weights), config.data.to_dict())
+        dataset = dataset_from_config(config.data, "train")
+        main = self.ctx.is_main
+        if main:  # rank 0 encodes, the others wait and read the file
+            latents = encode_dataset(self.autoencoder, dataset, cache_dir / f"latents-{key}.safetensors",
+                                     device=self.device, num_workers=config.run.num_workers)
+        self.ctx.barrier()
+        if not main:
+            latents = encode_dataset(self.autoencoder, dataset, cache_dir / f"latents-{key}.safetensors",
+                                     device=self.device, show_progress=False)
+        text = None
+        frozen_text = self.conditioner.kind in ("minilm", "clip")
+        if frozen_text and config.cache_text and config.data.caption_mode != "random":
+            text_key = cache_key(key, config.conditioner.to_dict())
+            path = cache_dir / f"text-{text_key}.safetensors"
+            if main:
+                text = encode_captions(self.conditioner, latents.captions, path)
+            self.ctx.barrier()
+            if not main:
+                text = encode_captions(self.conditioner, latents.captions, path, show_progress=False)
+        return latents, text
+
+    def _conditions(self, index: torch.Tensor, dropped: torch.Tensor) -> dict[str, torch.Tensor]:
+        """UNet kwargs for dataset items ``index``, the ``dropped`` ones unconditional."""
+        captions = [self.latents.captions[i] for i in index.tolist()]
+        kind = self.conditioner.kind
+        if self.text is not None:
+            cond = self.text.lookup(captions, dropped)
+        elif kind == "none":
+            cond = {}
+        elif kind == "class":
+            labels = self.latents.labels[index]
+            labels = torch.where(dropped, self.conditioner.encoder.null_index, labels)
+            cond = self.conditioner(labels=labels.to(self.device))
+        else:
+            prompts = ["" if d else c for c, d in zip(captions, dropped.tolist())]
+            cond = self.conditioner(prompts=prompts)
+        return {k: v.to(self.device) for k, v in cond.items()}
+
+    # ---- one optimizer step --------------------------------------------------------------------
+    def _micro_batch(self, order: torch.Tensor, micro: int) -> torch.Tensor:
+        """Loss of one micro-batch; ``order`` holds the global batch's dataset indices."""
+        cfg = self.config
+        world, rank = self.ctx.world_size, self.ctx.rank
+        generator = step_generator(cfg.run.seed, self.step, micro)
+        shape = (len(order), *self.latents.mean.shape[1:])
+        # Draw for the global batch, then take this rank's share: results do not depend on K.
+        latent_noise = torch.randn(shape, generator=generator)
+        timesteps = torch.randint(0, self.schedule.num_timesteps, (len(order),), generator=generator)
+        noise = torch.randn(shape, generator=generator)
+        dropped = torch.rand(len(order), generator=generator) < cfg.conditioner.dropout_prob
+        mine = slice(rank, None, world)
+        index = order[mine]
+        x0 = self.latents.draw(index, latent_noise[mine], self.autoencoder.config.scale_factor).to(self.device)
+        cond = self._conditions(index, dropped[mine])
+        with self._autocast():
+            loss = diffusion_loss(self.model, x0, self.schedule, cfg.diffusion.prediction, cond=cond,
+                                  min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                                  timesteps=timesteps[mine].to(self.device), noise=noise[mine].to(self.device))
+        return loss
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.run.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _global_order(self, step: int) -> torch.Tensor:
+        """Dataset indices of the global batch(es) of optimizer step ``step`` (all micro-batches)."""
+        per_step = self.config.run.batch_size * self.ctx.world_size * self.config.optim.grad_accum
+        per_epoch = len(self.latents) // per_step
+        if per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {len(self.latents)} items, fewer than one global batch ({per_step}); "
+                "lower run.batch_size or optim.grad_accum"
+            )
+        epoch, position = divmod(step, per_epoch)
+        permutation = torch.randperm(len(self.latents), generator=torch.Generator().manual_seed(
+            self.config.run.seed + epoch))
+        return permutation[position * per_step:(position + 1) * per_step]
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns logged numbers."""
+        cfg = self.config
+        accum = cfg.optim.grad_accum
+        order = self._global_order(self.step).view(accum, -1)
+        total = 0.0
+        for micro in range(accum):
+            sync = contextlib.nullcontext()
+            if micro < accum - 1 and hasattr(self.model, "no_sync"):
+                sync = self.model.no_sync()
+            with sync:
+                loss = self._micro_batch(order[micro], micro)
+                (loss / accum).backward()
+            total += float(loss.detach()) / accum
+        if self.conditioner.trainable and self.ctx.is_distributed:
+            self._all_reduce_conditioner_grads()
+        grad_norm = clip_grad(self.trainable, cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.ema.update(self.unet)
+        self.step += 1
+        mean_loss = float(self.ctx.all_reduce_mean(torch.tensor(total)))
+        return {"loss": mean_loss, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+
+    def _all_reduce_conditioner_grads(self) -> None:
+        # The trainable text encoder sits outside the DDP wrapper; average its gradients by hand.
+        for p in self.conditioner.parameters():
+            if p.grad is not None:
+                p.grad.copy_(self.ctx.all_reduce_mean(p.grad))
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.ctx.is_main:
+            modules = {"unet": (self.unet, self.config.unet)}
+            if self.conditioner.trainable:
+                modules["conditioner"] = (self.conditioner, self.config.conditioner)
+            self.checkpoints.save(
+                self.step, modules, optimizers={"optimizer": self.optimizer},
+                schedulers={"scheduler": self.scheduler}, ema={"unet": self.ema},
+                extra={"config": self.config.to_dict(), "stage": "diffusion"}, overwrite=True,
+            )
+        self.ctx.barrier()
+
+    def _resume(self) -> None:
+        if self.checkpoints.latest() is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {str(self.run_dir / 'checkpoints')!r}; "
+                                    "start without --resume")
+        modules = {"unet": self.unet}
+        if self.conditioner.trainable:
+            modules["conditioner"] = self.conditioner
+        state = self.checkpoints.load("latest", modules=modules)
+        training = state["training_state"]
+        self.optimizer.load_state_dict(training["optimizers"]["optimizer"])
+        self.scheduler.load_state_dict(training["schedulers"]["scheduler"])
+        self.ema.load_state_dict(training["ema"]["unet"])
+        self.step = int(state["step"])
+
+    # ---- previews and export -------------------------------------------------------------------
+    def components(self) -> DiffusionComponents:
+        """The model as it would be exported now (EMA weights in a copy of the UNet)."""
+        unet = UNet(self.config.unet).to(self.device)
+        unet.load_state_dict(self.unet.state_dict())
+        self.ema.copy_to(unet)
+        return DiffusionComponents(self.autoencoder, unet.eval(), self.conditioner, self.config.diffusion,
+                                   resolution=self.config.data.resolution)
+
+    def preview(self, logger: TrainingLogger) -> None:
+        """Log a grid of samples from the fixed preview prompts (EMA weights)."""
+        preview = self.config.preview
+        if not self.ctx.is_main or not preview.prompts:
+            return
+        components = self.components()
+        prompts = list(preview.prompts)
+        if self.conditioner.kind == "class":
+            cond = self.conditioner(labels=prompts)
+        else:
+            cond = self.conditioner(prompts=prompts)
+        uncond = self.conditioner.unconditional(len(prompts))
+        self.conditioner.eval()
+        latents = sample_latents(components, cond, uncond, batch_size=len(prompts), seed=preview.seed,
+                                 steps=preview.steps, sampler=preview.sampler, guidance=preview.guidance)
+        self.conditioner.train()
+        logger.log_images(self.step, "samples", decode_images(components, latents),
+                          nrow=min(8, len(prompts)))
+
+    def export(self, folder: Path) -> Path:
+        """Write the EMA model as a self-describing model folder."""
+        return save_components(self.components(), folder, extra={"training_steps": self.step})
+
+    def train(self) -> Path:
+        """Run until ``run.max_steps``, checkpointing as configured; returns the exported folder."""
+        run = self.config.run
+        logger = TrainingLogger(self.run_dir, total_steps=run.max_steps, enabled=self.ctx.is_main,
+                                initial_step=self.step, desc="diffusion")
+        self.unet.train()
+        started, done_at_start = time.perf_counter(), self.step
+        try:
+            while self.step < run.max_steps:
+                logs = self.train_step()
+                if not math.isfinite(logs["loss"]):
+                    raise FloatingPointError(f"loss is {logs['loss']} at step {self.step}; lower optim.lr "
+                                             "or enable optim.grad_clip")
+                logger.advance(loss=logs["loss"])
+                if self.step % run.log_every == 0:
+                    elapsed = time.perf_counter() - started
+                    logs["steps_per_s"] = (self.step - done_at_start) / max(elapsed, 1e-9)
+                    logger.log_scalars(self.step, logs)
+                if self.step % run.image_every == 0:
+                    self.preview(logger)
+                if self.step % run.checkpoint_every == 0 or self.step == run.max_steps:
+                    self._save()
+            final = self.run_dir / "final"
+            if self.ctx.is_main:
+                self.export(final)
+            self.ctx.barrier()
+            return final
+        finally:
+            logger.close()
+            self.ctx.cleanup()
+
+
+def train_diffusion(config: DiffusionTrainingConfig, resume: bool = False) -> Path:
+    """Train stage 2 as configured; returns the exported model folder (``run_dir/final``)."""
+    return DiffusionTrainer(config, resume=resume).train()
