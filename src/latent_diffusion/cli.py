@@ -18,6 +18,7 @@ from latent_diffusion import __version__
 COMMAND_MODULES: list[str] = [
     "latent_diffusion.data.cli",
     "latent_diffusion.training.cli",
+    "latent_diffusion.pipelines.cli",
 ]
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, OSError) as err:
         print(f"ldm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,1 +1,33 @@
-"""pipelines."""
+"""Pipelines: a model folder's parts wired together for one task, in one call.
+
+``TextToImage`` (text -> images, also ``ldm generate``); model folders are written and read by
+``components`` and the shared sampling wiring lives in ``generate``.
+"""
+
+from latent_diffusion.pipelines.components import (
+    DiffusionComponents,
+    load_components,
+    model_hash,
+    save_components,
+)
+from latent_diffusion.pipelines.png import GenerationMetadata, read_generation_metadata, write_png
+from latent_diffusion.pipelines.text_to_image import (
+    GenerationResult,
+    TextToImage,
+    check_arguments,
+    default_model_folder,
+)
+
+__all__ = [
+    "DiffusionComponents",
+    "GenerationMetadata",
+    "GenerationResult",
+    "TextToImage",
+    "check_arguments",
+    "default_model_folder",
+    "load_components",
+    "model_hash",
+    "read_generation_metadata",
+    "save_components",
+    "write_png",
+]

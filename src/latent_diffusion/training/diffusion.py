@@ -129,19 +129,22 @@ class DiffusionTrainer:
         config = self.config
         cache_dir = self.run_dir / "cache"
         weights = Path(config.autoencoder) / "autoencoder.safetensors"
-        key = cache_key(file_digest(weights), config.data.to_dict())
+        key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict())
         dataset = dataset_from_config(config.data, "train")
         main = self.ctx.is_main
+        # caption_mode "random": keep every wording of each item and pick one per step.
+        variants = config.data.caption_mode == "random"
+        path = cache_dir / f"latents-{key}.safetensors"
         if main:  # rank 0 encodes, the others wait and read the file
-            latents = encode_dataset(self.autoencoder, dataset, cache_dir / f"latents-{key}.safetensors",
-                                     device=self.device, num_workers=config.run.num_workers)
+            latents = encode_dataset(self.autoencoder, dataset, path, device=self.device,
+                                     num_workers=config.run.num_workers, all_variants=variants)
         self.ctx.barrier()
         if not main:
-            latents = encode_dataset(self.autoencoder, dataset, cache_dir / f"latents-{key}.safetensors",
-                                     device=self.device, show_progress=False)
+            latents = encode_dataset(self.autoencoder, dataset, path, device=self.device, show_progress=False,
+                                     all_variants=variants)
         text = None
         frozen_text = self.conditioner.kind in ("minilm", "clip")
-        if frozen_text and config.cache_text and config.data.caption_mode != "random":
+        if frozen_text and config.cache_text:
             text_key = cache_key(key, config.conditioner.to_dict())
             path = cache_dir / f"text-{text_key}.safetensors"
             if main:
@@ -151,9 +154,9 @@ class DiffusionTrainer:
                 text = encode_captions(self.conditioner, latents.captions, path, show_progress=False)
         return latents, text
 
-    def _conditions(self, index: torch.Tensor, dropped: torch.Tensor) -> dict[str, torch.Tensor]:
-        """UNet kwargs for dataset items ``index``, the ``dropped`` ones unconditional."""
-        captions = [self.latents.captions[i] for i in index.tolist()]
+    def _conditions(self, index: torch.Tensor, choice: torch.Tensor, dropped: torch.Tensor) -> dict[str, torch.Tensor]:
+        """UNet kwargs for dataset items ``index`` (caption variant ``choice``), ``dropped`` ones unconditional."""
+        captions = self.latents.pick_captions(index, choice)
         kind = self.conditioner.kind
         if self.text is not None:
             cond = self.text.lookup(captions, dropped)
@@ -180,10 +183,11 @@ class DiffusionTrainer:
         timesteps = torch.randint(0, self.schedule.num_timesteps, (len(order),), generator=generator)
         noise = torch.randn(shape, generator=generator)
         dropped = torch.rand(len(order), generator=generator) < cfg.conditioner.dropout_prob
+        choice = torch.randint(0, 1 << 30, (len(order),), generator=generator)
         mine = slice(rank, None, world)
         index = order[mine]
         x0 = self.latents.draw(index, latent_noise[mine], self.autoencoder.config.scale_factor).to(self.device)
-        cond = self._conditions(index, dropped[mine])
+        cond = self._conditions(index, choice[mine], dropped[mine])
         with self._autocast():
             loss = diffusion_loss(self.model, x0, self.schedule, cfg.diffusion.prediction, cond=cond,
                                   min_snr_gamma=cfg.diffusion.min_snr_gamma,

@@ -31,12 +31,24 @@ from latent_diffusion.io import atomic_write_text, load_tensors, save_tensors
 
 @dataclass
 class LatentSet:
-    """Cached first-stage encodings of a dataset: ``mean``/``std`` [N, C, h, w], captions, labels."""
+    """Cached first-stage encodings of a dataset: ``mean``/``std`` [N, C, h, w], captions, labels.
+
+    ``captions[i]`` lists item i's caption variants (one entry when captions are fixed); training
+    picks one per step, so the model learns every wording while the text cache stays valid.
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
-    captions: list[str]
+    captions: list[list[str]]
     labels: torch.Tensor
+
+    def pick_captions(self, index: torch.Tensor, choice: torch.Tensor) -> list[str]:
+        """One caption per item of ``index``: variant ``choice % count`` of each."""
+        picked = []
+        for i, c in zip(index.tolist(), choice.tolist()):
+            variants = self.captions[i]
+            picked.append(variants[c % len(variants)])
+        return picked
 
     def __len__(self) -> int:
         return self.mean.shape[0]
@@ -89,9 +101,20 @@ def _read(path: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
+def caption_variants(dataset: Dataset, index: int, fallback: str, all_variants: bool) -> list[str]:
+    """Every caption variant of an item when asked for and the dataset has them, else its caption."""
+    if all_variants and hasattr(dataset, "caption_variants"):
+        return list(dataset.caption_variants(index))
+    return [fallback]
+
+
 def encode_dataset(autoencoder: Autoencoder, dataset: Dataset, path: Path, *, batch_size: int = 64,
-                   num_workers: int = 0, device: str | torch.device = "cpu", show_progress: bool = True) -> LatentSet:
-    """Posterior moments of every item of ``dataset`` (read from ``path`` when cached there)."""
+                   num_workers: int = 0, device: str | torch.device = "cpu", show_progress: bool = True,
+                   all_variants: bool = False) -> LatentSet:
+    """Posterior moments of every item of ``dataset`` (read from ``path`` when cached there).
+
+    ``all_variants``: keep every caption variant of each item (datasets with ``caption_variants``).
+    """
     cached = _read(path)
     captions_path = path.with_suffix(".json")
     if cached is not None and captions_path.exists():
@@ -110,7 +133,9 @@ def encode_dataset(autoencoder: Autoencoder, dataset: Dataset, path: Path, *, ba
             else:  # VQ: diffusion runs on pre-quantization latents, no sampling noise
                 means.append(posterior.latent.float().cpu())
                 stds.append(torch.zeros_like(means[-1]))
-            captions.extend(batch["caption"])
+            start = len(captions)
+            captions.extend(caption_variants(dataset, start + j, c, all_variants)
+                            for j, c in enumerate(batch["caption"]))
             labels.append(batch["label"].long())
     result = LatentSet(torch.cat(means), torch.cat(stds), captions, torch.cat(labels))
     save_tensors(path, {"mean": result.mean, "std": result.std, "labels": result.labels})
@@ -118,10 +143,10 @@ def encode_dataset(autoencoder: Autoencoder, dataset: Dataset, path: Path, *, ba
     return result
 
 
-def encode_captions(conditioner: Conditioner, captions: list[str], path: Path, *, batch_size: int = 128,
+def encode_captions(conditioner: Conditioner, captions: list[list[str]], path: Path, *, batch_size: int = 128,
                     show_progress: bool = True) -> TextCache:
-    """Frozen text encodings of the unique ``captions`` (read from ``path`` when cached there)."""
-    unique = sorted(set(captions))
+    """Frozen text encodings of every unique caption variant (read from ``path`` when cached there)."""
+    unique = sorted({c for variants in captions for c in variants})
     cached = _read(path)
     if cached is not None and cached["states"].shape[0] == len(unique):
         return _text_cache(cached, unique)

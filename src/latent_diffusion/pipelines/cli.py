@@ -1,0 +1,157 @@
+"""``ldm generate PROMPT``: text to PNG files that carry how they were made.
+
+    ldm generate "a red heart" -n 4 --seed 7 -o heart.png     # heart-0.png ... heart-3.png
+    ldm generate "a red heart" -n 4 --grid                    # ldm-0.png, one 2x2 grid
+
+Everything the user can get wrong (arguments, the model folder, the output path) is checked
+before any denoising, so a mistake costs a second, not a run, and never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from latent_diffusion.cli import UsageError
+from latent_diffusion.sampling import SAMPLERS
+
+DEFAULT_STEM = "ldm-{seed}"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``ldm generate`` to the ``ldm`` parser."""
+    parser = subparsers.add_parser("generate", help="generate images from a text prompt",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompt", help='the text prompt ("" for an unconditional image)')
+    parser.add_argument("-n", "--num-images", type=int, default=1, help="images to make (default 1)")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    parser.add_argument("--sampler", default="dpmpp_2m",
+                        help=f"one of {', '.join(sorted(SAMPLERS))} (default dpmpp_2m)")
+    parser.add_argument("--guidance", type=float, default=5.0,
+                        help="classifier-free guidance scale (default 5; 1 = none)")
+    parser.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1] (default 0)")
+    parser.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's own)")
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
+                        help="model folder (default: the shipped models/emoji-64)")
+    parser.add_argument("-o", "--output", type=Path, default=None, metavar="PATH",
+                        help="PNG to write; several images become PATH-0.png, PATH-1.png, ... "
+                             "(default: ldm-SEED.png in the current folder; a folder: that name inside it)")
+    parser.add_argument("--grid", action="store_true", help="write all images as one grid PNG")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run_generate)
+
+
+def output_paths(output: Path | None, seed: int, count: int) -> list[Path]:
+    """The PNG paths to write ``count`` files to, checked to be writable (UsageError otherwise)."""
+    target = Path.cwd() / f"{DEFAULT_STEM.format(seed=seed)}.png" if output is None else output
+    if target.is_dir():
+        target = target / f"{DEFAULT_STEM.format(seed=seed)}.png"
+    if target.suffix == "":
+        target = target.with_suffix(".png")
+    if target.suffix.lower() != ".png":
+        raise UsageError(f"output {str(target)!r} must be a .png file (the metadata lives in PNG text "
+                         f"chunks); use e.g. -o {target.with_suffix('.png')}")
+    paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+    _check_folder_writable(target.parent)
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"output {str(path)!r} is a folder; choose another -o PATH")
+    return paths
+
+
+def _check_folder_writable(folder: Path) -> None:
+    if not folder.is_dir():
+        raise UsageError(f"output folder {str(folder)!r} does not exist; create it (mkdir -p {folder}) "
+                         "or choose another -o PATH")
+    try:  # a real write: access() says yes to root on read-only mounts
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UsageError(f"output folder {str(folder)!r} is not writable ({err.strerror}); "
+                         "choose another -o PATH") from err
+
+
+def load_pipeline(model: Path | None, device: str) -> Any:
+    """``TextToImage.from_pretrained`` with any failure turned into a one-line UsageError."""
+    from latent_diffusion.pipelines.text_to_image import TextToImage
+    from latent_diffusion.training.settings import resolve_device
+
+    try:
+        return TextToImage.from_pretrained(model, device=resolve_device(device))
+    except FileNotFoundError as err:
+        raise UsageError(_one_line(err)) from err
+    except (ValueError, OSError, KeyError, TypeError, RuntimeError) as err:
+        # A corrupt folder fails in many ways (bad JSON, bad config field, truncated weights).
+        raise UsageError(f"cannot load the model folder {str(model)!r}: {_one_line(err)}; pass --model "
+                         "with a complete folder written by training (runs/<name>/final)") from err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def grid_image(images: list[Any]) -> Any:
+    """The images tiled in a near-square grid (``make_grid``'s layout: 2 px black padding)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from latent_diffusion.training.grid import make_grid
+
+    arrays = [np.array(image) for image in images]  # a writable copy for torch
+    pixels = torch.stack([torch.from_numpy(a if a.ndim == 3 else a[..., None]) for a in arrays]).permute(0, 3, 1, 2)
+    # make_grid takes [-1, 1]; uint8 -> [-1, 1] -> uint8 is exact because it rounds back.
+    grid = make_grid(pixels.float() / 127.5 - 1.0, nrow=math.ceil(math.sqrt(len(images))))
+    return Image.fromarray(grid if grid.shape[-1] == 3 else grid[..., 0])
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Check everything, generate, write the PNGs atomically, print where they are."""
+    from latent_diffusion.pipelines.png import write_png
+    from latent_diffusion.pipelines.text_to_image import check_arguments
+
+    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
+    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
+    pipe = load_pipeline(args.model, args.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pipe(args.prompt, num_images=args.num_images, steps=args.steps, sampler=args.sampler,
+                      guidance=args.guidance, negative_prompt=args.negative, seed=args.seed, size=args.size,
+                      rescale=args.rescale, progress=not args.no_progress)
+    for message in dict.fromkeys(_one_line(w.message) for w in caught):  # each once, in order
+        print(f"ldm generate: warning: {message}", file=sys.stderr)
+    if args.grid:
+        items = [(grid_image(result.images), _grid_metadata(result.metadata[0]))]
+    else:
+        items = list(zip(result.images, result.metadata))
+    written: list[Path] = []
+    try:
+        for path, (image, metadata) in zip(paths, items):
+            written.append(write_png(path, image, metadata))
+    except BaseException as err:
+        for path in written:  # all files or none: a half-written batch is not a result
+            path.unlink(missing_ok=True)
+        if isinstance(err, OSError):  # e.g. a full disk: one line, like every other failure
+            raise UsageError(f"could not write the images: {_one_line(err)}; free some space or "
+                             "choose another -o PATH") from err
+        raise
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _grid_metadata(first: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(first, index=None)
+
+
+__all__ = ["grid_image", "load_pipeline", "output_paths", "register", "run_generate"]

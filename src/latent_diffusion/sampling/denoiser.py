@@ -1,0 +1,94 @@
+"""Turn a discrete-time network into a denoiser ``D(x, sigma)`` that every sampler can use.
+
+Samplers work in k-diffusion's "variance exploding" coordinates, ``x = x0 + sigma * eps``, and only
+need the denoiser ``D(x, sigma) ~ E[x0 | x]``. A DDPM-style network instead sees
+``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` at an integer timestep ``t``. Since
+``a = 1 / (1 + sigma^2)``, ``x_t = c_in * x`` with ``c_in = 1 / sqrt(sigma^2 + 1)``; the timestep is
+the (fractional) ``t`` whose noise level is ``sigma``. The network's output, whichever of eps, x0 or
+v it predicts, is converted to x0 exactly (:mod:`latent_diffusion.diffusion.parameterization`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from latent_diffusion.diffusion import parameterization
+from latent_diffusion.diffusion.schedule import NoiseSchedule
+from latent_diffusion.validation import check_choice
+
+
+def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """One noise level per sample (shape ``[batch]``) from a scalar or ``[batch]`` sigma."""
+    sigma = torch.as_tensor(sigma, device=x.device)
+    if sigma.ndim == 0:
+        return sigma.expand(x.shape[0])
+    if sigma.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a scalar or have shape [{x.shape[0]}], got {tuple(sigma.shape)}")
+    return sigma
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View a ``[batch]`` tensor as ``[batch, 1, ..., 1]`` with ``ndim`` dims, to scale a batch."""
+    return v.view(-1, *([1] * (ndim - 1)))
+
+
+class DiscreteDenoiser:
+    """``D(x, sigma, **cond)``: the x0 estimate of a discrete-time ``model(x_t, t, **cond)``.
+
+    ``prediction`` says what the model outputs ("eps", "x0" or "v"). With ``quantize=True`` the
+    timestep given to the model is rounded to the nearest integer (for networks that should only
+    ever see training timesteps); by default it is fractional, as k-diffusion does.
+    The result has ``x``'s dtype; the scalings are computed in float32 or wider.
+    """
+
+    def __init__(
+        self, model: Callable[..., torch.Tensor], schedule: NoiseSchedule, prediction: str,
+        *, quantize: bool = False,
+    ) -> None:
+        check_choice("prediction", prediction, parameterization.PREDICTIONS)
+        self.model = model
+        self.schedule = schedule
+        self.prediction = prediction
+        self.quantize = quantize
+
+    @property
+    def sigma_min(self) -> float:
+        """Smallest noise level the model was trained on."""
+        return self.schedule.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        """Largest noise level the model was trained on."""
+        return self.schedule.sigma_max
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's timestep for each noise level (fractional unless ``quantize``)."""
+        t = self.schedule.sigma_to_t(sigma)
+        return t.round() if self.quantize else t
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
+        """The denoised estimate of ``x`` at noise level ``sigma`` (scalar or ``[batch]``)."""
+        sigma = expand_sigma(sigma, x)
+        wide = torch.promote_types(x.dtype, torch.float32)
+        sigma_w = append_dims(sigma.to(wide), x.ndim)
+        c_in = (sigma_w**2 + 1).rsqrt()
+        x_t = x.to(wide) * c_in
+        t = self.timestep(sigma).to(wide)
+        output = self.model(x_t.to(x.dtype), t, **cond)
+        if output.shape != x.shape:
+            raise ValueError(f"model output shape {tuple(output.shape)} must equal input shape {tuple(x.shape)}")
+        alpha_bar = c_in**2  # a = 1 / (1 + sigma^2)
+        x0 = parameterization.to_x0(output.to(wide), x_t, alpha_bar, self.prediction)
+        return x0.to(x.dtype)
+
+    def eps(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
+        """The noise estimate ``(x - D(x, sigma)) / sigma`` (for ``sigma > 0``)."""
+        sigma = expand_sigma(sigma, x)
+        denoised = self(x, sigma, **cond)
+        return (x - denoised) / append_dims(sigma.to(x.dtype), x.ndim)
+
+
+__all__ = ["DiscreteDenoiser", "append_dims", "expand_sigma"]

@@ -1,0 +1,267 @@
+"""Stage 1: train the KL/VQ autoencoder with L1 + perceptual + adaptive PatchGAN losses (paper Sec. 3.1).
+
+Each step has two halves, as LDM's ``optimizer_idx`` 0 and 1: the autoencoder minimizes the
+generator loss, then (from ``loss.disc_start`` on) the discriminator minimizes the hinge loss on
+real images and detached reconstructions. At the end the latent scale factor (1 / std of the
+latents of a sample of training images, Stable Diffusion's 0.18215 came from this) is measured
+and stored in the exported autoencoder's config.
+
+Data order is a pure function of ``(seed, step)`` and every random draw of a step comes from a
+generator seeded by ``(seed, step, rank)``, so runs are reproducible and resume exactly.
+Under ``torchrun`` gradients are averaged across processes by an explicit all-reduce after each
+backward: the two-player loss (two backward passes through the discriminator per step, and the
+adaptive weight's ``autograd.grad``) does not fit DDP's one-forward-one-backward contract.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.config import Config
+from latent_diffusion.data import DataConfig, dataset_from_config
+from latent_diffusion.io import atomic_directory, save_module
+from latent_diffusion.losses import AutoencoderLoss, AutoencoderLossConfig
+from latent_diffusion.training.checkpoint import CheckpointManager
+from latent_diffusion.training.distributed import DistributedContext
+from latent_diffusion.training.logging import TrainingLogger
+from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
+from latent_diffusion.validation import check_positive
+
+
+@dataclass
+class AutoencoderTrainingConfig(Config):
+    """Everything a stage-1 run needs; saved in every checkpoint."""
+
+    data: DataConfig
+    model: AutoencoderConfig
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.5, 0.9)))
+    disc_lr: float | None = None  # None: the autoencoder's learning rate
+    run: RunConfig = field(default_factory=RunConfig)
+    scale_factor_samples: int = 512
+
+    def __post_init__(self) -> None:
+        check_positive("scale_factor_samples", self.scale_factor_samples)
+        if self.loss.regularizer != self.model.regularizer:
+            raise ValueError(
+                f"loss.regularizer={self.loss.regularizer!r} must equal model.regularizer="
+                f"{self.model.regularizer!r}"
+            )
+        if self.model.in_channels != self.data.channels or self.loss.disc_in_channels != self.data.channels:
+            raise ValueError(
+                f"data.channels={self.data.channels} must equal model.in_channels={self.model.in_channels} "
+                f"and loss.disc_in_channels={self.loss.disc_in_channels}"
+            )
+
+
+class StepBatches(Sampler[list[int]]):
+    """Index lists of this rank's batch for steps ``start..stop-1``: a pure function of the step."""
+
+    def __init__(self, size: int, batch: int, world: int, rank: int, seed: int, start: int, stop: int) -> None:
+        self.size, self.batch, self.world, self.rank = size, batch, world, rank
+        self.seed, self.start, self.stop = seed, start, stop
+        self.per_epoch = size // (batch * world)
+        if self.per_epoch == 0:
+            raise ValueError(f"the dataset has {size} items, fewer than one global batch ({batch * world}); "
+                             "lower run.batch_size")
+
+    def indices(self, step: int) -> list[int]:
+        """This rank's share of the global batch of ``step``."""
+        epoch, position = divmod(step, self.per_epoch)
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        global_batch = order[position * self.batch * self.world:(position + 1) * self.batch * self.world]
+        return global_batch[self.rank::self.world].tolist()
+
+    def __iter__(self):
+        return (self.indices(step) for step in range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class AutoencoderTrainer:
+    """Builds the autoencoder, loss (with discriminator), optimizers and data; :meth:`train` runs it."""
+
+    def __init__(self, config: AutoencoderTrainingConfig, resume: bool = False) -> None:
+        self.config = config
+        self.ctx = DistributedContext(resolve_device(config.run.device)).init()
+        self.device = self.ctx.device
+        self.run_dir = Path(config.run.run_dir)
+        torch.manual_seed(config.run.seed)  # identical initial weights on every rank
+        self.model = Autoencoder(config.model).to(self.device)
+        self.loss = AutoencoderLoss(config.loss).to(self.device)
+        self.train_set = dataset_from_config(config.data, "train")
+        self.optimizer = build_optimizer(self.model.parameters(), lr=config.optim.lr,
+                                         weight_decay=config.optim.weight_decay, betas=config.optim.betas)
+        self.disc_optimizer = build_optimizer(self.loss.discriminator.parameters(),
+                                              lr=config.disc_lr or config.optim.lr,
+                                              weight_decay=config.optim.weight_decay, betas=config.optim.betas)
+        self.scheduler = warmup_schedule(self.optimizer, config.optim.warmup_steps, config.run.max_steps,
+                                         kind=config.optim.schedule)
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
+        self.step = 0
+        if resume:
+            self._resume()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.run.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _average_gradients(self, module: torch.nn.Module) -> None:
+        if self.ctx.is_distributed:
+            for p in module.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(self.ctx.all_reduce_mean(p.grad))
+
+    def train_step(self, images: torch.Tensor) -> dict[str, float]:
+        """One generator step and (when active) one discriminator step on ``images``."""
+        cfg = self.config
+        images = images.to(self.device)
+        generator = torch.Generator().manual_seed((cfg.run.seed * 1_000_003 + self.step) * 1024 + self.ctx.rank)
+        discriminator = self.loss.discriminator
+        # The discriminator only judges in the generator half; its gradients there are discarded.
+        discriminator.requires_grad_(False)
+        with self._autocast():
+            reconstructions, posterior = self.model(images, sample_posterior=True, generator=generator)
+            g_loss, logs = self.loss.generator_loss(images, reconstructions.float(), posterior.regularization_loss(),
+                                                    self.model.last_layer, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self._average_gradients(self.model)
+        logs["grad_norm"] = clip_grad(self.model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        discriminator.requires_grad_(True)
+        if self.loss.discriminator_active(self.step):
+            with self._autocast():
+                d_loss, d_logs = self.loss.discriminator_loss(images, reconstructions.detach().float(), self.step)
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self._average_gradients(discriminator)
+            clip_grad(discriminator.parameters(), cfg.optim.grad_clip)
+            self.disc_optimizer.step()
+            logs.update(d_logs)
+        logs.update({k: float(v) for k, v in posterior.stats().items()})
+        logs["lr"] = self.scheduler.get_last_lr()[0]
+        self.step += 1
+        logs["total"] = float(self.ctx.all_reduce_mean(torch.tensor(logs["total"])))
+        return logs
+
+    def _save(self) -> None:
+        if self.ctx.is_main:
+            self.checkpoints.save(
+                self.step,
+                {"autoencoder": (self.model, self.config.model),
+                 "discriminator": (self.loss, self.config.loss)},
+                optimizers={"autoencoder": self.optimizer, "discriminator": self.disc_optimizer},
+                schedulers={"autoencoder": self.scheduler},
+                extra={"config": self.config.to_dict(), "stage": "autoencoder"}, overwrite=True,
+            )
+        self.ctx.barrier()
+
+    def _resume(self) -> None:
+        if self.checkpoints.latest() is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {str(self.run_dir / 'checkpoints')!r}; "
+                                    "start without --resume")
+        state = self.checkpoints.load("latest", modules={"autoencoder": self.model, "discriminator": self.loss})
+        training = state["training_state"]
+        self.optimizer.load_state_dict(training["optimizers"]["autoencoder"])
+        self.disc_optimizer.load_state_dict(training["optimizers"]["discriminator"])
+        self.scheduler.load_state_dict(training["schedulers"]["autoencoder"])
+        self.step = int(state["step"])
+
+    def preview_images(self, count: int = 8) -> torch.Tensor:
+        """Fixed images for reconstruction grids: validation images when there are any."""
+        try:
+            dataset: Dataset = dataset_from_config(self.config.data, "validation")
+            if len(dataset) == 0:
+                raise ValueError("empty validation split")
+        except (ValueError, FileNotFoundError):
+            dataset = self.train_set
+        return torch.stack([dataset[i]["image"] for i in range(min(count, len(dataset)))])
+
+    def log_reconstructions(self, logger: TrainingLogger, images: torch.Tensor) -> None:
+        """Inputs above reconstructions, as one grid."""
+        if not self.ctx.is_main:
+            return
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            reconstructions, _ = self.model(images.to(self.device), sample_posterior=False)
+        self.model.train()
+        grid = torch.cat([images.cpu(), reconstructions.float().clamp(-1, 1).cpu()])
+        logger.log_images(self.step, "reconstructions", grid, nrow=len(images))
+
+    def measure_scale_factor(self) -> float:
+        """1 / std of posterior samples of the latents of up to ``scale_factor_samples`` train images."""
+        count = min(self.config.scale_factor_samples, len(self.train_set))
+        generator = torch.Generator().manual_seed(self.config.run.seed)
+        order = torch.randperm(len(self.train_set), generator=generator)[:count].tolist()
+        loader = DataLoader(torch.utils.data.Subset(self.train_set, order), batch_size=64,
+                            num_workers=self.config.run.num_workers)
+        latents = []
+        self.model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                latents.append(self.model.encode(batch["image"].to(self.device)).sample(generator=generator).float())
+        std = float(torch.cat(latents).std())
+        if not math.isfinite(std) or std == 0:
+            raise FloatingPointError(f"latent std is {std}; the autoencoder did not train")
+        return 1.0 / std
+
+    def export(self, folder: Path) -> Path:
+        """Write ``autoencoder.json`` (with the measured scale factor) and its weights to ``folder``."""
+        config = self.config.model.replace(scale_factor=self.measure_scale_factor())
+        self.model.config = config
+        with atomic_directory(folder) as tmp:
+            save_module(self.model, config, tmp, "autoencoder")
+        return folder
+
+    def train(self) -> Path:
+        """Run until ``run.max_steps``; returns the exported folder (``run_dir/final``)."""
+        run = self.config.run
+        sampler = StepBatches(len(self.train_set), run.batch_size, self.ctx.world_size, self.ctx.rank,
+                              run.seed, self.step, run.max_steps)
+        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=run.num_workers,
+                            persistent_workers=False)
+        logger = TrainingLogger(self.run_dir, total_steps=run.max_steps, enabled=self.ctx.is_main,
+                                initial_step=self.step, desc="autoencoder")
+        previews = self.preview_images() if self.ctx.is_main else None
+        self.model.train()
+        self.loss.train()
+        started, done_at_start = time.perf_counter(), self.step
+        try:
+            for batch in loader:
+                logs = self.train_step(batch["image"])
+                if not math.isfinite(logs["total"]):
+                    raise FloatingPointError(f"loss is {logs['total']} at step {self.step}; lower optim.lr")
+                logger.advance(loss=logs["total"])
+                if self.step % run.log_every == 0:
+                    logs["steps_per_s"] = (self.step - done_at_start) / max(time.perf_counter() - started, 1e-9)
+                    logger.log_scalars(self.step, logs)
+                if self.step % run.image_every == 0:
+                    self.log_reconstructions(logger, previews)
+                if self.step % run.checkpoint_every == 0 or self.step == run.max_steps:
+                    self._save()
+            final = self.run_dir / "final"
+            if self.ctx.is_main:
+                self.export(final)
+            self.ctx.barrier()
+            return final
+        finally:
+            logger.close()
+            self.ctx.cleanup()
+
+
+def train_autoencoder(config: AutoencoderTrainingConfig, resume: bool = False) -> Path:
+    """Train stage 1 as configured; returns the exported autoencoder folder (``run_dir/final``)."""
+    return AutoencoderTrainer(config, resume=resume).train()
