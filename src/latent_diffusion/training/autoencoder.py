@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from latent_diffusion.losses import AutoencoderLoss, AutoencoderLossConfig
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.logging import TrainingLogger
+from latent_diffusion.training.loop import autocast, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
 from latent_diffusion.validation import check_positive
@@ -116,9 +116,7 @@ class AutoencoderTrainer:
             self._resume()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.run.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.run.precision, self.device)
 
     def _average_gradients(self, module: torch.nn.Module) -> None:
         if self.ctx.is_distributed:
@@ -234,35 +232,16 @@ class AutoencoderTrainer:
         run = self.config.run
         sampler = StepBatches(len(self.train_set), run.batch_size, self.ctx.world_size, self.ctx.rank,
                               run.seed, self.step, run.max_steps)
-        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=run.num_workers,
-                            persistent_workers=False)
-        logger = TrainingLogger(self.run_dir, total_steps=run.max_steps, enabled=self.ctx.is_main,
-                                initial_step=self.step, desc="autoencoder")
+        batches = iter(DataLoader(self.train_set, batch_sampler=sampler, num_workers=run.num_workers))
         previews = self.preview_images() if self.ctx.is_main else None
         self.model.train()
         self.loss.train()
-        started, done_at_start = time.perf_counter(), self.step
-        try:
-            for batch in loader:
-                logs = self.train_step(batch["image"])
-                if not math.isfinite(logs["total"]):
-                    raise FloatingPointError(f"loss is {logs['total']} at step {self.step}; lower optim.lr")
-                logger.advance(loss=logs["total"])
-                if self.step % run.log_every == 0:
-                    logs["steps_per_s"] = (self.step - done_at_start) / max(time.perf_counter() - started, 1e-9)
-                    logger.log_scalars(self.step, logs)
-                if self.step % run.image_every == 0:
-                    self.log_reconstructions(logger, previews)
-                if self.step % run.checkpoint_every == 0 or self.step == run.max_steps:
-                    self._save()
-            final = self.run_dir / "final"
-            if self.ctx.is_main:
-                self.export(final)
-            self.ctx.barrier()
-            return final
-        finally:
-            logger.close()
-            self.ctx.cleanup()
+        return run_training(
+            ctx=self.ctx, run=run, desc="autoencoder", current_step=lambda: self.step,
+            train_step=lambda: self.train_step(next(batches)["image"]), loss_key="total",
+            log_images=lambda logger: self.log_reconstructions(logger, previews),
+            save=self._save, export=self.export,
+        )
 
 
 def train_autoencoder(config: AutoencoderTrainingConfig, resume: bool = False) -> Path:

@@ -11,15 +11,13 @@ batch (up to the order of floating-point sums in the gradient all-reduce).
 from __future__ import annotations
 
 import contextlib
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
-from latent_diffusion.conditioning import Conditioner, ConditionerConfig, build_conditioner
+from latent_diffusion.conditioning import ConditionerConfig, build_conditioner
 from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.diffusion.objective import diffusion_loss
@@ -28,7 +26,7 @@ from latent_diffusion.io import load_state_strict, load_tensors
 from latent_diffusion.pipelines.components import DiffusionComponents, check_compatible, save_components
 from latent_diffusion.pipelines.generate import decode_images, sample_latents
 from latent_diffusion.training.checkpoint import CheckpointManager
-from latent_diffusion.training.distributed import DistributedContext, unwrap_model
+from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.ema import EMA
 from latent_diffusion.training.latent_cache import (
     LatentSet,
@@ -39,6 +37,7 @@ from latent_diffusion.training.latent_cache import (
     file_digest,
 )
 from latent_diffusion.training.logging import TrainingLogger
+from latent_diffusion.training.loop import autocast, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
 from latent_diffusion.unet import UNet, UNetConfig
@@ -198,9 +197,7 @@ class DiffusionTrainer:
         return loss
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.run.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.config.run.precision, self.device)
 
     def _global_order(self, step: int) -> torch.Tensor:
         """Dataset indices of the global batch(es) of optimizer step ``step`` (all micro-batches)."""
@@ -308,34 +305,12 @@ class DiffusionTrainer:
 
     def train(self) -> Path:
         """Run until ``run.max_steps``, checkpointing as configured; returns the exported folder."""
-        run = self.config.run
-        logger = TrainingLogger(self.run_dir, total_steps=run.max_steps, enabled=self.ctx.is_main,
-                                initial_step=self.step, desc="diffusion")
         self.unet.train()
-        started, done_at_start = time.perf_counter(), self.step
-        try:
-            while self.step < run.max_steps:
-                logs = self.train_step()
-                if not math.isfinite(logs["loss"]):
-                    raise FloatingPointError(f"loss is {logs['loss']} at step {self.step}; lower optim.lr "
-                                             "or enable optim.grad_clip")
-                logger.advance(loss=logs["loss"])
-                if self.step % run.log_every == 0:
-                    elapsed = time.perf_counter() - started
-                    logs["steps_per_s"] = (self.step - done_at_start) / max(elapsed, 1e-9)
-                    logger.log_scalars(self.step, logs)
-                if self.step % run.image_every == 0:
-                    self.preview(logger)
-                if self.step % run.checkpoint_every == 0 or self.step == run.max_steps:
-                    self._save()
-            final = self.run_dir / "final"
-            if self.ctx.is_main:
-                self.export(final)
-            self.ctx.barrier()
-            return final
-        finally:
-            logger.close()
-            self.ctx.cleanup()
+        return run_training(
+            ctx=self.ctx, run=self.config.run, desc="diffusion", current_step=lambda: self.step,
+            train_step=self.train_step, loss_key="loss", log_images=self.preview, save=self._save,
+            export=self.export,
+        )
 
 
 def train_diffusion(config: DiffusionTrainingConfig, resume: bool = False) -> Path:

@@ -1,0 +1,67 @@
+"""The loop both training stages share: steps, logging, image grids, checkpoints, export."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from latent_diffusion.training.distributed import DistributedContext
+from latent_diffusion.training.logging import TrainingLogger
+from latent_diffusion.training.settings import RunConfig
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision="bf16"``, else nothing (fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def run_training(
+    *,
+    ctx: DistributedContext,
+    run: RunConfig,
+    desc: str,
+    current_step: Callable[[], int],
+    train_step: Callable[[], dict[str, float]],
+    loss_key: str,
+    log_images: Callable[[TrainingLogger], None],
+    save: Callable[[], None],
+    export: Callable[[Path], Path],
+) -> Path:
+    """Call ``train_step`` until ``run.max_steps``; log, draw grids and checkpoint on schedule.
+
+    ``train_step`` advances the step counter that ``current_step`` reads. At the end rank 0
+    exports the model to ``run_dir/final``; the process group is left in every case.
+    """
+    logger = TrainingLogger(run.run_dir, total_steps=run.max_steps, enabled=ctx.is_main,
+                            initial_step=current_step(), desc=desc)
+    started, done_at_start = time.perf_counter(), current_step()
+    try:
+        while current_step() < run.max_steps:
+            logs = train_step()
+            step = current_step()
+            if not math.isfinite(logs[loss_key]):
+                raise FloatingPointError(f"loss is {logs[loss_key]} at step {step}; lower optim.lr or enable "
+                                         "optim.grad_clip")
+            logger.advance(loss=logs[loss_key])
+            if step % run.log_every == 0:
+                logs["steps_per_s"] = (step - done_at_start) / max(time.perf_counter() - started, 1e-9)
+                logger.log_scalars(step, logs)
+            if step % run.image_every == 0 and ctx.is_main:
+                log_images(logger)
+            if step % run.checkpoint_every == 0 or step == run.max_steps:
+                save()
+        final = Path(run.run_dir) / "final"
+        if ctx.is_main:
+            export(final)
+        ctx.barrier()
+        return final
+    finally:
+        logger.close()
+        ctx.cleanup()
