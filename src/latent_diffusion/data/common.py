@@ -200,10 +200,42 @@ def relative_posix(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+class LabelledGreyDataset(ImageCaptionDataset):
+    """In-memory ``uint8 [N, H, W]`` images with one class label each (MNIST-style datasets).
+
+    Subclasses fill ``images``, ``labels`` and ``item_keys`` and name their captions per label
+    with :meth:`captions_for_label`.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    item_keys: list[str]
+
+    def captions_for_label(self, label: int) -> list[str]:
+        """Caption variants of a picture of class ``label``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_image(self, index: int) -> Image.Image:
+        return grey_array_to_image(self.images[index])
+
+    def caption_variants(self, index: int) -> list[str]:
+        return self.captions_for_label(int(self.labels[index]))
+
+    def label(self, index: int) -> int:
+        return int(self.labels[index])
+
+    def key(self, index: int) -> str:
+        return self.item_keys[index]
+
+
 __all__ = [
     "CAPTION_MODES",
     "SPLITS",
     "ImageCaptionDataset",
+    "LabelledGreyDataset",
     "check_index",
     "check_split_args",
     "choose_caption",

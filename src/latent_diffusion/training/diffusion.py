@@ -224,8 +224,9 @@ class DiffusionTrainer:
                 loss = self._micro_batch(order[micro], micro)
                 (loss / accum).backward()
             total += float(loss.detach()) / accum
-        if self.conditioner.trainable and self.ctx.is_distributed:
-            self._all_reduce_conditioner_grads()
+        if self.conditioner.trainable:
+            # The trainable text encoder sits outside the DDP wrapper; average its gradients by hand.
+            self.ctx.average_gradients(self.conditioner)
         grad_norm = clip_grad(self.trainable, cfg.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -234,12 +235,6 @@ class DiffusionTrainer:
         self.step += 1
         mean_loss = float(self.ctx.all_reduce_mean(torch.tensor(total)))
         return {"loss": mean_loss, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
-
-    def _all_reduce_conditioner_grads(self) -> None:
-        # The trainable text encoder sits outside the DDP wrapper; average its gradients by hand.
-        for p in self.conditioner.parameters():
-            if p.grad is not None:
-                p.grad.copy_(self.ctx.all_reduce_mean(p.grad))
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _save(self) -> None:

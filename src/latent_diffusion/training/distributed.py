@@ -179,6 +179,14 @@ class DistributedContext:
         device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
 
+    def average_gradients(self, module: nn.Module) -> None:
+        """Replace each gradient of ``module`` by its mean over processes (for modules outside DDP)."""
+        if not self._active():
+            return
+        for p in module.parameters():
+            if p.grad is not None:
+                p.grad.copy_(self.all_reduce_mean(p.grad))
+
     def sampler(self, dataset: Sized, shuffle: bool = True, seed: int = 0,
                 drop_last: bool = False) -> ShardedSampler:
         """This process's :class:`ShardedSampler` (the whole dataset for one process)."""
