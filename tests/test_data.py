@@ -289,6 +289,17 @@ def test_emoji_captions_styles_and_labels(tmp_path: Path) -> None:
         "mouse face, twitter style", "father christmas, light skin tone, twitter style"}
 
 
+def test_emoji_without_skin_tones_keeps_only_base_pictures(tmp_path: Path) -> None:
+    prepare_fake_emoji(tmp_path, SMALL_EMOJI)
+    base = data.build_dataset("emoji", split="all", resolution=4, skin_tones=False)
+    keys = sorted(base[i]["key"] for i in range(len(base)))
+    # 4 base emoji in google, 3 in twitter; none of the 6 skin-tone variants.
+    assert keys == ["emoji/google/1F385", "emoji/google/1F42D", "emoji/google/1F600", "emoji/google/1F91D",
+                    "emoji/twitter/1F385", "emoji/twitter/1F42D", "emoji/twitter/1F91D"]
+    config = data.DataConfig(styles=("twitter",), skin_tones=False)
+    assert len(data.dataset_from_config(config, "all")) == 3
+
+
 def test_emoji_caption_variants_documented_order() -> None:
     record = emoji.EmojiRecord("google", "1F385-1F3FF", "1F385", Path("x.png"), "father christmas",
                                ("santa",), "people & body", "person fantasy", "dark skin tone")

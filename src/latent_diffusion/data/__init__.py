@@ -38,7 +38,8 @@ class DataConfig(Config):
     ``twitter/``). ``val_fraction``: None = the dataset's documented default (emoji 0.05,
     mnist 0.1, imagefolder 0.05); fashion-mnist has a fixed split and refuses one.
     ``resolution``: square side in pixels after resizing. ``channels``: 3 (RGB) or 1 (grey).
-    ``styles``/``caption_style``: emoji only. ``labels``: imagefolder only.
+    ``styles``/``caption_style``/``skin_tones``: emoji only (``skin_tones=False`` keeps the base
+    emoji and drops their skin-tone variants). ``labels``: imagefolder only.
     """
 
     name: Literal["emoji", "fashion-mnist", "mnist", "imagefolder"] = "emoji"
@@ -49,6 +50,7 @@ class DataConfig(Config):
     styles: tuple[str, ...] = emoji.STYLES
     caption_mode: Literal["full", "name", "variant", "random"] = "full"
     caption_style: bool = False
+    skin_tones: bool = True
     labels: Literal["auto", "folders", "metadata", "none"] = "auto"
 
     def __post_init__(self) -> None:
@@ -77,7 +79,7 @@ def dataset_from_config(config: DataConfig, split: str = "train") -> ImageCaptio
     fraction = {} if config.val_fraction is None else {"val_fraction": config.val_fraction}
     if config.name == "emoji":
         return emoji.EmojiDataset(styles=config.styles, caption_style=config.caption_style,
-                                  root=config.path, **fraction, **common)
+                                  skin_tones=config.skin_tones, root=config.path, **fraction, **common)
     if config.name == "fashion-mnist":
         return fashion_mnist.FashionMNISTDataset(root=config.path, **common)
     if config.name == "mnist":

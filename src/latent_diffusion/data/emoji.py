@@ -198,7 +198,7 @@ class EmojiDataset(ImageCaptionDataset):
     def __init__(self, split: str = "train", resolution: int = 64, channels: int = 3,
                  styles: tuple[str, ...] = STYLES, val_fraction: float = DEFAULT_VAL_FRACTION,
                  caption_mode: str = "full", caption_style: bool = False,
-                 root: str | Path | None = None) -> None:
+                 root: str | Path | None = None, skin_tones: bool = True) -> None:
         super().__init__(resolution, channels, caption_mode)
         check_split_args(split, val_fraction)
         if not styles:
@@ -213,7 +213,8 @@ class EmojiDataset(ImageCaptionDataset):
                                             f"{style} style")
             records, lost = read_emoji_records(folder / "emoji.json", folder / "img", style)
             missing += lost
-            self.records += [r for r in records if in_split(f"emoji:{r.base}", split, val_fraction)]
+            self.records += [r for r in records if in_split(f"emoji:{r.base}", split, val_fraction)
+                             and (skin_tones or r.unified == r.base)]
         if missing:
             warnings.warn(f"emoji: {missing} pictures listed in emoji.json are missing and skipped",
                           stacklevel=2)

@@ -43,6 +43,10 @@ def register(subparsers: Any) -> None:
     data.add_argument("--val-fraction", type=float, default=None, help="validation fraction (dataset default)")
     data.add_argument("--caption-mode", default="full", help="captions used as prompts: full, name or variant")
     data.add_argument("--resolution", type=int, default=None, help="autoencoder folders only (default 64)")
+    data.add_argument("--styles", nargs="+", default=None, metavar="STYLE",
+                      help="emoji: google and/or twitter (default both)")
+    data.add_argument("--no-skin-tones", action="store_true",
+                      help="emoji: base emoji only, without their skin-tone variants")
     what = parser.add_argument_group("metrics")
     what.add_argument("--metrics", nargs="+", default=None, metavar="GROUP",
                       help="reconstruction, fid, adherence (default: reconstruction for autoencoders, "
@@ -76,6 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         model=args.model, data=args.data, data_path=args.data_path, split=args.split,
         val_fraction=args.val_fraction, caption_mode=args.caption_mode, resolution=args.resolution,
+        styles=tuple(args.styles) if args.styles else None, skin_tones=not args.no_skin_tones,
         num_samples=args.num_samples, num_reference=args.num_reference, metrics=metrics, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, spacing=args.spacing, seed=args.seed,
         batch_size=args.batch_size, adherence_prompts=args.adherence_prompts, kid_subsets=args.kid_subsets,

@@ -170,8 +170,8 @@ def emoji_adherence(components: DiffusionComponents, settings: EvalSettings, *,
     """Top-1/top-5 retrieval adherence of both prompt sets (see the module docstring)."""
     channels = components.autoencoder.config.in_channels
     # Adherence always uses both styles: prompts name an emoji, not a style.
-    train = build_eval_dataset(settings, channels, split="train", styles=("google", "twitter"))
-    gallery = build_eval_dataset(settings, channels, split="all", styles=("google", "twitter"))
+    train = build_eval_dataset(settings, channels, split="train", styles=("google", "twitter"), skin_tones=True)
+    gallery = build_eval_dataset(settings, channels, split="all", styles=("google", "twitter"), skin_tones=True)
     prompts = build_adherence_prompts(train, gallery, settings.adherence_prompts, PROMPT_SET_SEED)
     if embedder is None:
         embedder = EfficientNetLiteEmbedder().to(next(components.unet.parameters()).device)

@@ -45,6 +45,7 @@ from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.config import Config
 from latent_diffusion.data import DATASET_NAMES, build_dataset, data_root
 from latent_diffusion.data.common import SPLITS, ImageCaptionDataset
+from latent_diffusion.data.emoji import STYLES as EMOJI_STYLES
 from latent_diffusion.evaluation.features_cache import FeatureSet, cached_dataset_features, extract_features
 from latent_diffusion.evaluation.fid import feature_statistics, kid
 from latent_diffusion.evaluation.reconstruction import evaluate_autoencoder
@@ -97,6 +98,10 @@ class EvalSettings(Config):
     kid_subsets: int = 100
     perceptual: bool = True
     device: str = "cpu"
+    # emoji only: the styles and whether skin-tone variants are in the split (None: all styles).
+    # The adherence gallery always holds every emoji picture, whatever these say.
+    styles: tuple[str, ...] | None = None
+    skin_tones: bool = True
 
     def __post_init__(self) -> None:
         check_choice("data", self.data, DATASET_NAMES)
@@ -107,6 +112,10 @@ class EvalSettings(Config):
             check_choice("spacing", self.spacing, SPACINGS)
         for name in ("steps", "batch_size", "adherence_prompts", "kid_subsets"):
             check_positive(name, getattr(self, name))
+        if (self.styles is not None or not self.skin_tones) and self.data != "emoji":
+            raise ValueError(f"styles and skin_tones select emoji pictures; data={self.data!r} has neither")
+        for style in self.styles or ():
+            check_choice("styles", style, EMOJI_STYLES)
         for name in ("num_samples", "resolution"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
@@ -199,7 +208,10 @@ def default_metrics(model: LoadedModel, data: str) -> tuple[str, ...]:
 def build_eval_dataset(settings: EvalSettings, channels: int, split: str | None = None,
                        **options: Any) -> ImageCaptionDataset:
     """The dataset split the settings name, at the model's resolution and channel count."""
-    extra = {"path": settings.data_path, "channels": channels, "caption_mode": settings.caption_mode, **options}
+    extra = {"path": settings.data_path, "channels": channels, "caption_mode": settings.caption_mode}
+    if settings.data == "emoji":
+        extra.update(skin_tones=settings.skin_tones, **({"styles": settings.styles} if settings.styles else {}))
+    extra.update(options)
     if settings.val_fraction is not None:
         extra["val_fraction"] = settings.val_fraction
     dataset = build_dataset(settings.data, split or settings.split, settings.resolution or 64, **extra)
@@ -212,7 +224,10 @@ def build_eval_dataset(settings: EvalSettings, channels: int, split: str | None 
 def dataset_identity(settings: EvalSettings, channels: int, what: str = "images") -> str:
     """A string naming exactly which images a dataset holds (written into the result JSON)."""
     path = str(Path(settings.data_path).resolve()) if settings.data_path else f"cache:{data_root()}"
-    return f"{settings.data}[{what};path={path};channels={channels};val_fraction={settings.val_fraction}]"
+    subset = ""
+    if what != "gallery" and (settings.styles or not settings.skin_tones):  # old names stay valid
+        subset = f";styles={','.join(settings.styles or ())};skin_tones={settings.skin_tones}"
+    return f"{settings.data}[{what};path={path};channels={channels};val_fraction={settings.val_fraction}{subset}]"
 
 
 def cache_name(settings: EvalSettings, channels: int, what: str = "images") -> str:

@@ -1,6 +1,7 @@
 """Pipelines: a model folder's parts wired together for one task, in one call.
 
-``TextToImage`` (text -> images, also ``ldm generate``); model folders are written and read by
+``TextToImage`` (text -> images, ``ldm generate``), ``ImageToImage`` (SDEdit, ``ldm img2img``),
+``Inpaint`` (``ldm inpaint``), ``Upscale`` (``ldm upscale``); they share ``base.Pipeline``. Model folders are written and read by
 ``components`` and the shared sampling wiring lives in ``generate``.
 """
 
@@ -10,6 +11,8 @@ from latent_diffusion.pipelines.components import (
     model_hash,
     save_components,
 )
+from latent_diffusion.pipelines.image_to_image import ImageToImage
+from latent_diffusion.pipelines.inpaint import Inpaint
 from latent_diffusion.pipelines.png import GenerationMetadata, read_generation_metadata, write_png
 from latent_diffusion.pipelines.text_to_image import (
     GenerationResult,
@@ -17,12 +20,16 @@ from latent_diffusion.pipelines.text_to_image import (
     check_arguments,
     default_model_folder,
 )
+from latent_diffusion.pipelines.upscale import Upscale
 
 __all__ = [
     "DiffusionComponents",
     "GenerationMetadata",
     "GenerationResult",
+    "ImageToImage",
+    "Inpaint",
     "TextToImage",
+    "Upscale",
     "check_arguments",
     "default_model_folder",
     "load_components",

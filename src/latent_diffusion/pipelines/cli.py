@@ -1,7 +1,10 @@
-"""``ldm generate PROMPT``: text to PNG files that carry how they were made.
+"""``ldm generate``, ``img2img``, ``inpaint``, ``upscale``: to PNG files that carry how they were made.
 
     ldm generate "a red heart" -n 4 --seed 7 -o heart.png     # heart-0.png ... heart-3.png
     ldm generate "a red heart" -n 4 --grid                    # ldm-0.png, one 2x2 grid
+    ldm img2img --image heart.png --prompt "a blue heart" --strength 0.6
+    ldm inpaint --image face.png --mask mask.png --prompt "a grinning face"
+    ldm upscale small.png --model models/emoji-sr-x4 -o big.png
 
 Everything the user can get wrong (arguments, the model folder, the output path) is checked
 before any denoising, so a mistake costs a second, not a run, and never leaves a partial file.
@@ -24,20 +27,58 @@ DEFAULT_STEM = "ldm-{seed}"
 
 
 def register(subparsers: Any) -> None:
-    """Add ``ldm generate`` to the ``ldm`` parser."""
+    """Add ``ldm generate``, ``ldm img2img`` and ``ldm inpaint`` to the ``ldm`` parser."""
     parser = subparsers.add_parser("generate", help="generate images from a text prompt",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("prompt", help='the text prompt ("" for an unconditional image)')
+    parser.add_argument("prompt", nargs="?", default=None,
+                        help='the text prompt ("" for an unconditional image)')
+    parser.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                        help="the class to draw, for class-conditional models (instead of PROMPT)")
+    _add_common_arguments(parser)
+    parser.set_defaults(func=run_generate)
+
+    parser = subparsers.add_parser("img2img", help="re-draw an image following a prompt (SDEdit)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, required=True, metavar="IN", help="the input image (square)")
+    parser.add_argument("--prompt", default="", help='the text prompt (default "")')
+    parser.add_argument("--strength", type=float, default=0.75,
+                        help="how much to change, 0 (keep) to 1 (redraw); default 0.75")
+    _add_common_arguments(parser)
+    parser.set_defaults(func=run_img2img)
+
+    parser = subparsers.add_parser("inpaint", help="repaint the white region of a mask following a prompt",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, required=True, metavar="IN", help="the input image (square)")
+    parser.add_argument("--mask", type=Path, required=True, metavar="MASK",
+                        help="black-and-white mask of the image's size: white = repaint, black = keep")
+    parser.add_argument("--prompt", default="", help='the text prompt (default "")')
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="1 fills the hole from noise; lower keeps some of the old content (default 1)")
+    parser.add_argument("--method", default="auto", choices=("auto", "masked", "concat"),
+                        help="masked: any model; concat: an inpainting model; auto picks (default)")
+    _add_common_arguments(parser)
+    parser.set_defaults(func=run_inpaint)
+
+    parser = subparsers.add_parser("upscale", help="upscale an image with a super-resolution model",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", type=Path, metavar="IN", help="the low-resolution input image (square)")
+    parser.add_argument("--prompt", default="", help='the text prompt, for text-conditioned upscalers (default "")')
+    _add_common_arguments(parser, guidance=1.0, size=False)
+    parser.set_defaults(func=run_upscale)
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0, size: bool = True) -> None:
     parser.add_argument("-n", "--num-images", type=int, default=1, help="images to make (default 1)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--sampler", default="dpmpp_2m",
                         help=f"one of {', '.join(sorted(SAMPLERS))} (default dpmpp_2m)")
-    parser.add_argument("--guidance", type=float, default=5.0,
-                        help="classifier-free guidance scale (default 5; 1 = none)")
+    parser.add_argument("--guidance", type=float, default=guidance,
+                        help=f"classifier-free guidance scale (default {guidance:g}; 1 = none)")
     parser.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1] (default 0)")
     parser.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images")
-    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's own)")
+    if size:
+        parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's own)")
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
                         help="model folder (default: the shipped models/emoji-64)")
     parser.add_argument("-o", "--output", type=Path, default=None, metavar="PATH",
@@ -46,7 +87,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--grid", action="store_true", help="write all images as one grid PNG")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run_generate)
 
 
 def output_paths(output: Path | None, seed: int, count: int) -> list[Path]:
@@ -79,14 +119,15 @@ def _check_folder_writable(folder: Path) -> None:
                          "choose another -o PATH") from err
 
 
-def load_pipeline(model: Path | None, device: str) -> Any:
-    """``TextToImage.from_pretrained`` with any failure turned into a one-line UsageError."""
+def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None) -> Any:
+    """``pipeline_class.from_pretrained`` (default TextToImage), any failure a one-line UsageError."""
+    from latent_diffusion.pipelines.base import WrongModelError
     from latent_diffusion.pipelines.text_to_image import TextToImage
     from latent_diffusion.training.settings import resolve_device
 
     try:
-        return TextToImage.from_pretrained(model, device=resolve_device(device))
-    except FileNotFoundError as err:
+        return (pipeline_class or TextToImage).from_pretrained(model, device=resolve_device(device))
+    except (FileNotFoundError, WrongModelError) as err:
         raise UsageError(_one_line(err)) from err
     except (ValueError, OSError, KeyError, TypeError, RuntimeError) as err:
         # A corrupt folder fails in many ways (bad JSON, bad config field, truncated weights).
@@ -115,20 +156,99 @@ def grid_image(images: list[Any]) -> Any:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Check everything, generate, write the PNGs atomically, print where they are."""
-    from latent_diffusion.pipelines.png import write_png
     from latent_diffusion.pipelines.text_to_image import check_arguments
 
     check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
+    if (args.prompt is None) == (args.class_name is None):
+        raise UsageError("give either a PROMPT or --class NAME (for a class-conditional model), not both "
+                         'and not neither; use "" for an unconditional image')
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
     pipe = load_pipeline(args.model, args.device)
+    if args.class_name is not None and pipe.components.conditioner.kind != "class":
+        raise UsageError(f"--class needs a class-conditional model; this one is conditioned on "
+                         f"{pipe.components.conditioner.kind!r}: pass the text as PROMPT instead")
+    prompt = args.prompt if args.class_name is None else args.class_name
+    result = _call_reporting_warnings(args.command, pipe, prompt, **_sampling_kwargs(args))
+    return write_results(result, paths, args.grid)
+
+
+def run_img2img(args: argparse.Namespace) -> int:
+    """``ldm img2img``: like ``ldm generate``, starting from ``--image``."""
+    from latent_diffusion.pipelines.image_to_image import ImageToImage
+    from latent_diffusion.pipelines.text_to_image import check_arguments
+
+    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
+    _check_strength(args.strength)
+    _check_input_file("--image", args.image)
+    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
+    pipe = load_pipeline(args.model, args.device, ImageToImage)
+    result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt, strength=args.strength,
+                                      **_sampling_kwargs(args))
+    return write_results(result, paths, args.grid)
+
+
+def run_inpaint(args: argparse.Namespace) -> int:
+    """``ldm inpaint``: fill the white region of ``--mask`` in ``--image``."""
+    from latent_diffusion.pipelines.inpaint import Inpaint
+    from latent_diffusion.pipelines.text_to_image import check_arguments
+
+    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
+    _check_strength(args.strength)
+    _check_input_file("--image", args.image)
+    _check_input_file("--mask", args.mask)
+    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
+    pipe = load_pipeline(args.model, args.device, Inpaint)
+    result = _call_reporting_warnings(args.command, pipe, str(args.image), str(args.mask), args.prompt,
+                                      strength=args.strength, method=args.method, **_sampling_kwargs(args))
+    return write_results(result, paths, args.grid)
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    """``ldm upscale IN``: a super-resolution model's output for the image IN."""
+    from latent_diffusion.pipelines.text_to_image import check_arguments
+    from latent_diffusion.pipelines.upscale import Upscale
+
+    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
+    _check_input_file("IN", args.image)
+    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
+    pipe = load_pipeline(args.model, args.device, Upscale)
+    result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt, **_sampling_kwargs(args))
+    return write_results(result, paths, args.grid)
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs = dict(num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                  negative_prompt=args.negative, seed=args.seed, rescale=args.rescale, progress=not args.no_progress)
+    if hasattr(args, "size"):
+        kwargs["size"] = args.size
+    return kwargs
+
+
+def _check_strength(strength: float) -> None:
+    if not 0.0 <= strength <= 1.0:
+        raise UsageError(f"--strength {strength!r} must be in [0, 1] (0 keeps the image, 1 redraws it)")
+
+
+def _check_input_file(flag: str, path: Path) -> None:
+    if not path.is_file():
+        raise UsageError(f"{flag} {str(path)!r} does not exist or is not a file; check the path")
+
+
+def _call_reporting_warnings(command: str, pipe: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the pipeline; print each warning it raised once, as one line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = pipe(args.prompt, num_images=args.num_images, steps=args.steps, sampler=args.sampler,
-                      guidance=args.guidance, negative_prompt=args.negative, seed=args.seed, size=args.size,
-                      rescale=args.rescale, progress=not args.no_progress)
+        result = pipe(*args, **kwargs)
     for message in dict.fromkeys(_one_line(w.message) for w in caught):  # each once, in order
-        print(f"ldm generate: warning: {message}", file=sys.stderr)
-    if args.grid:
+        print(f"ldm {command}: warning: {message}", file=sys.stderr)
+    return result
+
+
+def write_results(result: Any, paths: list[Path], grid: bool) -> int:
+    """Write a result's images (or their grid) as PNGs with metadata: all files or none."""
+    from latent_diffusion.pipelines.png import write_png
+
+    if grid:
         items = [(grid_image(result.images), _grid_metadata(result.metadata[0]))]
     else:
         items = list(zip(result.images, result.metadata))
@@ -154,4 +274,5 @@ def _grid_metadata(first: Any) -> Any:
     return replace(first, index=None)
 
 
-__all__ = ["grid_image", "load_pipeline", "output_paths", "register", "run_generate"]
+__all__ = ["grid_image", "load_pipeline", "output_paths", "register", "run_generate", "run_img2img", "run_inpaint",
+           "run_upscale", "write_results"]

@@ -26,6 +26,7 @@ import torch
 
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.conditioning import Conditioner, ConditionerConfig, build_conditioner
+from latent_diffusion.conditioning.image import IMAGE_CONDITIONS, concat_channels
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
 from latent_diffusion.io import (
     atomic_directory,
@@ -35,6 +36,7 @@ from latent_diffusion.io import (
     save_tensors,
 )
 from latent_diffusion.unet import UNet, UNetConfig
+from latent_diffusion.validation import check_choice
 
 FORMAT = "latent-diffusion"
 FORMAT_VERSION = 1
@@ -51,9 +53,21 @@ class DiffusionComponents:
     conditioner: Conditioner
     diffusion: DiffusionConfig
     resolution: int
+    # What the UNet's ``concat`` input holds (conditioning/image.py): "none", "masked_image"
+    # (an inpainting model) or "low_res" (a super-resolution model, upscaling by low_res_factor).
+    image_condition: str = "none"
+    low_res_factor: int = 1
 
     def __post_init__(self) -> None:
         check_compatible(self.autoencoder, self.unet, self.conditioner)
+        check_choice("image_condition", self.image_condition, IMAGE_CONDITIONS)
+        channels = concat_channels(self.image_condition, self.autoencoder.latent_channels,
+                                   self.autoencoder.config.out_channels)
+        if self.unet.config.concat_channels != channels:
+            raise ValueError(f"image_condition={self.image_condition!r} needs unet.concat_channels={channels}, "
+                             f"the UNet has {self.unet.config.concat_channels}")
+        if self.image_condition == "low_res" and self.low_res_factor < 2:
+            raise ValueError(f"low_res_factor={self.low_res_factor} must be >= 2 for a super-resolution model")
 
     @property
     def schedule(self) -> NoiseSchedule:
@@ -132,6 +146,8 @@ def save_components(components: DiffusionComponents, folder: str | Path,
             "unet": "unet.json",
             "conditioner": "conditioner.json",
             "diffusion": "diffusion.json",
+            "image_condition": components.image_condition,
+            "low_res_factor": components.low_res_factor,
             **(extra or {}),
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
@@ -176,6 +192,8 @@ def load_components(folder: str | Path, device: str | torch.device = "cpu",
         conditioner=conditioner,
         diffusion=DiffusionConfig.load(folder / "diffusion.json"),
         resolution=int(index["resolution"]),
+        image_condition=index.get("image_condition", "none"),
+        low_res_factor=int(index.get("low_res_factor", 1)),
     )
     for module in (autoencoder, unet, conditioner):
         module.to(device=device, dtype=dtype)

@@ -14,7 +14,16 @@ from typing import Any
 import torch
 
 from latent_diffusion.pipelines.components import DiffusionComponents
-from latent_diffusion.sampling import CFGDenoiser, DiscreteDenoiser, get_sampler, get_sigmas, initial_latent
+from latent_diffusion.sampling import (
+    CFGDenoiser,
+    DiscreteDenoiser,
+    MaskedDenoiser,
+    get_sampler,
+    get_sigmas,
+    initial_latent,
+    noised_latent,
+    sigmas_for_strength,
+)
 from latent_diffusion.sampling.discretization import SPACINGS
 from latent_diffusion.validation import check_choice, check_positive
 
@@ -37,29 +46,68 @@ def sample_latents(
     latent_size: int | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     sampler_options: dict[str, Any] | None = None,
+    init_latents: torch.Tensor | None = None,
+    strength: float = 1.0,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from seeded noise to latents (already divided by nothing: the
-    UNet's latent space, scaled by the autoencoder's scale factor)."""
-    check_positive("steps", steps)
-    check_positive("batch_size", batch_size)
+    """Run the reverse process from seeded noise to latents (the UNet's latent space, i.e. scaled
+    by the autoencoder's scale factor).
+
+    ``init_latents`` (image-to-image, SDEdit): start from these latents noised to the level that
+    ``strength`` selects, and run only the remaining steps (:func:`sampling_sigmas`).
+    ``keep`` (inpainting, needs ``init_latents``): latent mask, 1 where ``init_latents`` is kept
+    (:class:`~latent_diffusion.sampling.masking.MaskedDenoiser`).
+    """
     sampler_fn = get_sampler(sampler)
-    spacing = spacing or DEFAULT_SPACING.get(sampler, "trailing")
-    check_choice("spacing", spacing, SPACINGS)
+    sigmas = sampling_sigmas(components, steps, sampler, spacing, strength if init_latents is not None else 1.0)
+    check_positive("batch_size", batch_size)
     size = latent_size or components.latent_size
     unet = components.unet
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
-    schedule = components.schedule
-    sigmas = get_sigmas(schedule, steps, spacing)
+    shape = (batch_size, unet.config.in_channels, size, size)
     generator = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn((batch_size, unet.config.in_channels, size, size), generator=generator)
-    x = initial_latent(noise, sigmas).to(device=device, dtype=dtype)
-    denoiser = CFGDenoiser(DiscreteDenoiser(unet, schedule, components.diffusion.prediction),
+    noise = torch.randn(shape, generator=generator)
+    if init_latents is None:
+        if keep is not None:
+            raise ValueError("keep (an inpainting mask) needs init_latents, the latents of the image to inpaint")
+        x = initial_latent(noise, sigmas).to(device=device, dtype=dtype)
+    else:
+        if tuple(init_latents.shape) != shape:
+            raise ValueError(f"init_latents of shape {tuple(init_latents.shape)} do not match the batch {shape}")
+        init_latents = init_latents.to(device=device, dtype=dtype)
+        noise = noise.to(device=device, dtype=dtype)
+        x = noised_latent(init_latents, noise, sigmas[0])
+    denoiser = CFGDenoiser(DiscreteDenoiser(unet, components.schedule, components.diffusion.prediction),
                            scale=guidance, rescale=rescale)
+    if keep is not None:
+        denoiser = MaskedDenoiser(denoiser, init_latents, keep.to(device=device, dtype=dtype), noise)
+    if len(sigmas) == 1:  # strength 0: nothing to denoise
+        return x
     extra = {"cond": cond, "uncond": uncond}
     with torch.no_grad():
         return sampler_fn(denoiser, x, sigmas, extra_args=extra, callback=callback,
                           generator=generator, **(sampler_options or {}))
+
+
+def sampling_sigmas(components: DiffusionComponents, steps: int, sampler: str, spacing: str | None = None,
+                    strength: float = 1.0) -> torch.Tensor:
+    """The noise levels a call visits: ``steps`` levels of the sampler's default spacing, of which
+    image-to-image keeps the last ``int(steps * strength)`` (``len - 1`` is the steps run)."""
+    check_positive("steps", steps)
+    spacing = spacing or DEFAULT_SPACING.get(sampler, "trailing")
+    check_choice("spacing", spacing, SPACINGS)
+    sigmas = get_sigmas(components.schedule, steps, spacing)
+    return sigmas_for_strength(sigmas, strength)
+
+
+def encode_images(components: DiffusionComponents, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to diffusion latents (the posterior mode, scaled): deterministic, so
+    image-to-image at strength 0 gives back exactly the autoencoder's reconstruction."""
+    autoencoder = components.autoencoder
+    param = next(autoencoder.parameters())
+    with torch.no_grad():
+        return autoencoder.encode_latents(images.to(device=param.device, dtype=param.dtype))
 
 
 def decode_images(components: DiffusionComponents, latents: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,10 @@ class GenerationMetadata:
     model's unconditional input). ``model_hash`` is :func:`~latent_diffusion.pipelines.components.
     model_hash` of the model folder (None for a model that was never saved). ``device`` and
     ``dtype`` are recorded because float results differ (slightly) between them.
+
+    Image tasks add ``task`` ("img2img", "inpaint"; "txt2img" otherwise), ``strength`` and the
+    SHA-256 of the input image (``image_hash``) and mask (``mask_hash``) as given, so a result can
+    be traced to its inputs and made again from the same files.
     """
 
     prompts: tuple[str, ...]
@@ -50,6 +54,10 @@ class GenerationMetadata:
     ldm_version: str
     device: str = "cpu"
     dtype: str = "float32"
+    task: str = "txt2img"
+    strength: float | None = None
+    image_hash: str | None = None
+    mask_hash: str | None = None
 
     @property
     def prompt(self) -> str:
@@ -68,9 +76,10 @@ class GenerationMetadata:
         return self.negative_prompts[self.index // self.num_images]
 
     def call_arguments(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~latent_diffusion.pipelines.text_to_image.TextToImage`'s
-        call that make this image's batch again (take ``[index]`` of the result)."""
-        return {
+        """Keyword arguments of the task pipeline's call (:class:`~latent_diffusion.pipelines.
+        text_to_image.TextToImage` for "txt2img") that make this image's batch again (take
+        ``[index]`` of the result); image tasks also need the same image (and mask) passed in."""
+        arguments = {
             "prompt": list(self.prompts),
             "num_images": self.num_images,
             "negative_prompt": None if self.negative_prompts is None else list(self.negative_prompts),
@@ -81,6 +90,13 @@ class GenerationMetadata:
             "rescale": self.rescale,
             "size": self.size,
         }
+        if self.strength is not None:
+            arguments["strength"] = self.strength
+        if self.task.startswith("inpaint-"):
+            arguments["method"] = self.task.removeprefix("inpaint-")
+        if self.task == "upscale":  # the output size follows from the input image
+            del arguments["size"]
+        return arguments
 
     def to_json(self) -> str:
         """One-line JSON of every field plus a schema version."""
@@ -120,19 +136,39 @@ class GenerationMetadata:
             "ldm_version": self.ldm_version,
             "Software": f"latent_diffusion {self.ldm_version}",
         }
+        if self.task != "txt2img":
+            readable.update(task=self.task, strength=repr(self.strength), image_hash=self.image_hash or "")
+            if self.mask_hash:
+                readable["mask_hash"] = self.mask_hash
         return {**readable, PARAMETERS_KEY: self.to_json()}
 
 
-def write_png(path: str | Path, image: Any, metadata: GenerationMetadata) -> Path:
-    """Atomically write a PIL ``image`` as PNG at ``path`` with ``metadata`` in text chunks."""
+def _png_info(metadata: GenerationMetadata) -> Any:
+    """The ``PngInfo`` holding ``metadata``'s text chunks (one construction for files and bytes)."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     for key, value in metadata.text_chunks().items():
         info.add_itxt(key, value)
+    return info
+
+
+def write_png(path: str | Path, image: Any, metadata: GenerationMetadata) -> Path:
+    """Atomically write a PIL ``image`` as PNG at ``path`` with ``metadata`` in text chunks."""
+    info = _png_info(metadata)
     path = Path(path)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
+
+
+def png_bytes(image: Any, metadata: GenerationMetadata) -> bytes:
+    """A PIL ``image`` as PNG bytes carrying ``metadata``, exactly as :func:`write_png` writes it
+    (for servers and other callers that never touch the disk)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(metadata))
+    return buffer.getvalue()
 
 
 def read_generation_metadata(path: str | Path) -> GenerationMetadata:
@@ -153,4 +189,4 @@ def read_generation_metadata(path: str | Path) -> GenerationMetadata:
     return GenerationMetadata.from_json(text[PARAMETERS_KEY])
 
 
-__all__ = ["PARAMETERS_KEY", "GenerationMetadata", "read_generation_metadata", "write_png"]
+__all__ = ["PARAMETERS_KEY", "GenerationMetadata", "png_bytes", "read_generation_metadata", "write_png"]

@@ -1,4 +1,5 @@
-"""Sampling: discretizations, the discrete-model denoiser, samplers, classifier-free guidance."""
+"""Sampling: discretizations, the discrete-model denoiser, samplers, classifier-free guidance,
+mask-guided inpainting."""
 
 from latent_diffusion.sampling.denoiser import DiscreteDenoiser
 from latent_diffusion.sampling.discretization import (
@@ -7,8 +8,11 @@ from latent_diffusion.sampling.discretization import (
     get_timesteps,
     initial_latent,
     karras_sigmas,
+    noised_latent,
+    sigmas_for_strength,
 )
 from latent_diffusion.sampling.guidance import CFGDenoiser, concat_conditions, rescale_guidance
+from latent_diffusion.sampling.masking import MaskedDenoiser, latent_keep_mask
 from latent_diffusion.sampling.samplers import (
     SAMPLERS,
     get_sampler,
@@ -25,12 +29,15 @@ __all__ = [
     "SPACINGS",
     "CFGDenoiser",
     "DiscreteDenoiser",
+    "MaskedDenoiser",
     "concat_conditions",
     "get_sampler",
     "get_sigmas",
     "get_timesteps",
     "initial_latent",
     "karras_sigmas",
+    "latent_keep_mask",
+    "noised_latent",
     "rescale_guidance",
     "sample_ddim",
     "sample_ddpm",
@@ -38,4 +45,5 @@ __all__ = [
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sigmas_for_strength",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from latent_diffusion.diffusion.schedule import NoiseSchedule
-from latent_diffusion.validation import check_choice, check_positive
+from latent_diffusion.validation import check_choice, check_in_range, check_positive
 
 SPACINGS = ("leading", "trailing", "linspace", "karras")
 
@@ -99,4 +99,27 @@ def initial_latent(noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return noise * scale
 
 
-__all__ = ["SPACINGS", "get_sigmas", "get_timesteps", "initial_latent", "karras_sigmas"]
+def sigmas_for_strength(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
+    """The tail of ``sigmas`` that image-to-image runs at ``strength`` in [0, 1] (SDEdit).
+
+    Of ``steps = len(sigmas) - 1`` steps, the last ``int(steps * strength)`` are kept, exactly as
+    diffusers' img2img pipelines count them, so the same strength visits the same noise levels.
+    Strength 0 leaves ``[0.]``: no step, the image comes back as encoded; strength 1 starts from
+    the first level (almost pure noise).
+    """
+    check_in_range("strength", strength, 0.0, 1.0)
+    steps = len(sigmas) - 1
+    kept = min(int(steps * strength), steps)
+    return sigmas[steps - kept:]
+
+
+def noised_latent(latent: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """``latent + sigma * noise``: an encoded image at noise level ``sigma`` (where img2img starts).
+
+    In these coordinates this is diffusers' ``add_noise`` divided by ``sqrt(alpha_bar)``.
+    """
+    return latent + float(sigma) * noise
+
+
+__all__ = ["SPACINGS", "get_sigmas", "get_timesteps", "initial_latent", "karras_sigmas", "noised_latent",
+           "sigmas_for_strength"]

@@ -13,11 +13,19 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.conditioning import ConditionerConfig, build_conditioner
+from latent_diffusion.conditioning.image import (
+    IMAGE_CONDITIONS,
+    degrade,
+    low_res_condition,
+    masked_image_condition,
+    random_holes,
+)
 from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.diffusion.objective import diffusion_loss
@@ -28,6 +36,7 @@ from latent_diffusion.pipelines.generate import decode_images, sample_latents
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.ema import EMA
+from latent_diffusion.training.init_weights import init_unet_from
 from latent_diffusion.training.latent_cache import (
     LatentSet,
     TextCache,
@@ -41,7 +50,7 @@ from latent_diffusion.training.loop import autocast, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
 from latent_diffusion.unet import UNet, UNetConfig
-from latent_diffusion.validation import check_in_range
+from latent_diffusion.validation import check_choice, check_in_range
 
 
 @dataclass
@@ -69,9 +78,22 @@ class DiffusionTrainingConfig(Config):
     ema_decay: float = 0.999
     cache_text: bool = True
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    # A model folder whose UNet starts this run (fine-tuning, or a task model made from a
+    # text-to-image one); ignored on --resume, where the checkpoint has the weights.
+    init_from: str | None = None
+    # Conditioning by concatenation (conditioning/image.py): "masked_image" trains an inpainting
+    # model on random boxes and strokes, "low_res" a super-resolution model from images
+    # downsampled by low_res_factor; unet.concat_channels must match.
+    image_condition: Literal["none", "masked_image", "low_res"] = "none"
+    low_res_factor: int = 4
 
     def __post_init__(self) -> None:
         check_in_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        check_choice("image_condition", self.image_condition, IMAGE_CONDITIONS)
+        if self.image_condition == "low_res" and (self.low_res_factor < 2
+                                                  or self.data.resolution % self.low_res_factor):
+            raise ValueError(f"low_res_factor={self.low_res_factor} must be >= 2 and divide "
+                             f"data.resolution={self.data.resolution}")
 
 
 def load_autoencoder(folder: str | Path) -> Autoencoder:
@@ -104,7 +126,10 @@ class DiffusionTrainer:
         torch.manual_seed(config.run.seed)  # identical initial weights on every rank and every run
         self.autoencoder = load_autoencoder(config.autoencoder).to(self.device)
         self.conditioner = build_conditioner(config.conditioner).to(self.device)
-        self.unet = UNet(config.unet).to(self.device)
+        self.unet = UNet(config.unet)
+        if config.init_from and not resume:
+            init_unet_from(self.unet, config.init_from)
+        self.unet = self.unet.to(self.device)
         check_compatible(self.autoencoder, self.unet, self.conditioner)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         self.latents, self.text = self._build_caches()
@@ -128,7 +153,9 @@ class DiffusionTrainer:
         config = self.config
         cache_dir = self.run_dir / "cache"
         weights = Path(config.autoencoder) / "autoencoder.safetensors"
-        key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict())
+        keep_images = config.image_condition != "none"  # the image conditions are made from pixels
+        key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict(),
+                        *(["with-images"] if keep_images else []))
         dataset = dataset_from_config(config.data, "train")
         main = self.ctx.is_main
         # caption_mode "random": keep every wording of each item and pick one per step.
@@ -136,11 +163,12 @@ class DiffusionTrainer:
         path = cache_dir / f"latents-{key}.safetensors"
         if main:  # rank 0 encodes, the others wait and read the file
             latents = encode_dataset(self.autoencoder, dataset, path, device=self.device,
-                                     num_workers=config.run.num_workers, all_variants=variants)
+                                     num_workers=config.run.num_workers, all_variants=variants,
+                                     keep_images=keep_images)
         self.ctx.barrier()
         if not main:
             latents = encode_dataset(self.autoencoder, dataset, path, device=self.device, show_progress=False,
-                                     all_variants=variants)
+                                     all_variants=variants, keep_images=keep_images)
         text = None
         frozen_text = self.conditioner.kind in ("minilm", "clip")
         if frozen_text and config.cache_text:
@@ -187,11 +215,24 @@ class DiffusionTrainer:
         index = order[mine]
         x0 = self.latents.draw(index, latent_noise[mine], self.autoencoder.config.scale_factor).to(self.device)
         cond = self._conditions(index, choice[mine], dropped[mine])
+        if cfg.image_condition != "none":  # drawn last: runs without it keep their random streams
+            holes = None
+            if cfg.image_condition == "masked_image":
+                holes = random_holes(len(order), cfg.data.resolution, generator)[mine]
+            cond["concat"] = self.image_condition(index, holes).to(self.device)
         with self._autocast():
             loss = diffusion_loss(self.model, x0, self.schedule, cfg.diffusion.prediction, cond=cond,
                                   min_snr_gamma=cfg.diffusion.min_snr_gamma,
                                   timesteps=timesteps[mine].to(self.device), noise=noise[mine].to(self.device))
         return loss
+
+    def image_condition(self, index: torch.Tensor, holes: torch.Tensor | None) -> torch.Tensor:
+        """The UNet's ``concat`` input for dataset items ``index`` (and hole masks, inpainting)."""
+        pixels = self.latents.images[index].float() / 127.5 - 1.0
+        if self.config.image_condition == "masked_image":
+            return masked_image_condition(self.autoencoder, pixels.to(self.device), holes.to(self.device))
+        latent_size = self.latents.mean.shape[-1]
+        return low_res_condition(degrade(pixels, self.config.low_res_factor), latent_size)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.config.run.precision, self.device)
@@ -269,8 +310,11 @@ class DiffusionTrainer:
         unet = UNet(self.config.unet).to(self.device)
         unet.load_state_dict(self.unet.state_dict())
         self.ema.copy_to(unet)
+        low_res = self.config.image_condition == "low_res"
         return DiffusionComponents(self.autoencoder, unet.eval(), self.conditioner, self.config.diffusion,
-                                   resolution=self.config.data.resolution)
+                                   resolution=self.config.data.resolution,
+                                   image_condition=self.config.image_condition,
+                                   low_res_factor=self.config.low_res_factor if low_res else 1)
 
     def preview(self, logger: TrainingLogger) -> None:
         """Log a grid of samples from the fixed preview prompts (EMA weights)."""
@@ -284,12 +328,36 @@ class DiffusionTrainer:
         else:
             cond = self.conditioner(prompts=prompts)
         uncond = self.conditioner.unconditional(len(prompts))
+        inputs = None
+        if self.config.image_condition != "none":
+            # The first training items (fixed holes) as inputs; the grid shows inputs over samples.
+            index = torch.arange(min(len(prompts), len(self.latents)))
+            prompts = prompts[:len(index)]
+            cond = {k: v[:len(index)] for k, v in cond.items()}
+            uncond = {k: v[:len(index)] for k, v in uncond.items()}
+            holes = random_holes(len(index), self.config.data.resolution,
+                                 torch.Generator().manual_seed(preview.seed))
+            with torch.no_grad():
+                concat = self.image_condition(index, holes).to(self.device)
+            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
+            inputs = self.preview_inputs(index, holes)
         self.conditioner.eval()
         latents = sample_latents(components, cond, uncond, batch_size=len(prompts), seed=preview.seed,
                                  steps=preview.steps, sampler=preview.sampler, guidance=preview.guidance)
         self.conditioner.train()
-        logger.log_images(self.step, "samples", decode_images(components, latents),
-                          nrow=min(8, len(prompts)))
+        samples = decode_images(components, latents)
+        if inputs is not None:
+            samples = torch.cat([inputs, samples])
+        logger.log_images(self.step, "samples", samples, nrow=min(8, len(prompts)))
+
+    def preview_inputs(self, index: torch.Tensor, holes: torch.Tensor) -> torch.Tensor:
+        """What an image-conditioned model was given, at full size: masked images, or the low-res
+        images enlarged with nearest-neighbour sampling (so their pixels stay visible)."""
+        pixels = self.latents.images[index].float() / 127.5 - 1.0
+        if self.config.image_condition == "masked_image":
+            return pixels * (1 - holes)
+        small = degrade(pixels, self.config.low_res_factor)
+        return torch.nn.functional.interpolate(small, size=pixels.shape[-2:], mode="nearest")
 
     def export(self, folder: Path) -> Path:
         """Write the EMA model as a self-describing model folder."""

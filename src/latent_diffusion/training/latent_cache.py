@@ -31,7 +31,8 @@ from latent_diffusion.io import atomic_write_text, load_tensors, save_tensors
 
 @dataclass
 class LatentSet:
-    """Cached first-stage encodings of a dataset: ``mean``/``std`` [N, C, h, w], captions, labels.
+    """Cached first-stage encodings of a dataset: ``mean``/``std`` [N, C, h, w], captions, labels,
+    and (when asked for) the images themselves as uint8, exactly as the dataset gave them.
 
     ``captions[i]`` lists item i's caption variants (one entry when captions are fixed); training
     picks one per step, so the model learns every wording while the text cache stays valid.
@@ -41,6 +42,7 @@ class LatentSet:
     std: torch.Tensor
     captions: list[list[str]]
     labels: torch.Tensor
+    images: torch.Tensor | None = None  # uint8 [N, C, H, W], kept for image-conditioned models
 
     def pick_captions(self, index: torch.Tensor, choice: torch.Tensor) -> list[str]:
         """One caption per item of ``index``: variant ``choice % count`` of each."""
@@ -110,19 +112,22 @@ def caption_variants(dataset: Dataset, index: int, fallback: str, all_variants: 
 
 def encode_dataset(autoencoder: Autoencoder, dataset: Dataset, path: Path, *, batch_size: int = 64,
                    num_workers: int = 0, device: str | torch.device = "cpu", show_progress: bool = True,
-                   all_variants: bool = False) -> LatentSet:
+                   all_variants: bool = False, keep_images: bool = False) -> LatentSet:
     """Posterior moments of every item of ``dataset`` (read from ``path`` when cached there).
 
     ``all_variants``: keep every caption variant of each item (datasets with ``caption_variants``).
+    ``keep_images``: also keep the images (uint8; the dataset's [-1, 1] pixels come from 8-bit
+    files, so the round trip is exact).
     """
     cached = _read(path)
     captions_path = path.with_suffix(".json")
-    if cached is not None and captions_path.exists():
+    if cached is not None and captions_path.exists() and (not keep_images or "images" in cached):
         meta = json.loads(captions_path.read_text())
         if meta.get("count") == cached["mean"].shape[0]:
-            return LatentSet(cached["mean"], cached["std"], meta["captions"], cached["labels"])
+            return LatentSet(cached["mean"], cached["std"], meta["captions"], cached["labels"],
+                             cached.get("images"))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    means, stds, captions, labels = [], [], [], []
+    means, stds, captions, labels, images = [], [], [], [], []
     autoencoder.eval()
     with torch.no_grad():
         for batch in tqdm(loader, desc="encoding latents", disable=not show_progress):
@@ -137,8 +142,14 @@ def encode_dataset(autoencoder: Autoencoder, dataset: Dataset, path: Path, *, ba
             captions.extend(caption_variants(dataset, start + j, c, all_variants)
                             for j, c in enumerate(batch["caption"]))
             labels.append(batch["label"].long())
-    result = LatentSet(torch.cat(means), torch.cat(stds), captions, torch.cat(labels))
-    save_tensors(path, {"mean": result.mean, "std": result.std, "labels": result.labels})
+            if keep_images:
+                images.append(((batch["image"].float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    result = LatentSet(torch.cat(means), torch.cat(stds), captions, torch.cat(labels),
+                       torch.cat(images) if keep_images else None)
+    tensors = {"mean": result.mean, "std": result.std, "labels": result.labels}
+    if keep_images:
+        tensors["images"] = result.images
+    save_tensors(path, tensors)
     atomic_write_text(captions_path, json.dumps({"count": len(result), "captions": captions}))
     return result
 

@@ -1,0 +1,244 @@
+"""What the task pipelines share: model loading, size checks, conditions, the sampler loop.
+
+Each task (:class:`~latent_diffusion.pipelines.text_to_image.TextToImage`,
+:class:`~latent_diffusion.pipelines.image_to_image.ImageToImage`,
+:class:`~latent_diffusion.pipelines.inpaint.Inpaint`) is this plus what it feeds the sampler:
+pure noise, a noised encoded image, or a noised image with a mask. The model is never
+subclassed per task; a task is a way of calling :func:`~latent_diffusion.pipelines.generate.sample_latents`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import latent_diffusion
+from latent_diffusion.conditioning.conditioner import TEXT_KINDS
+from latent_diffusion.pipelines.components import DiffusionComponents, load_components, model_hash
+from latent_diffusion.pipelines.generate import decode_images, sample_latents, sampling_sigmas, text_conditions
+from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, read_image
+from latent_diffusion.pipelines.png import GenerationMetadata
+from latent_diffusion.sampling import SAMPLERS
+from latent_diffusion.validation import check_choice, check_in_range
+
+DEFAULT_MODEL_NAME = "emoji-64"
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_IMAGES = 10_000  # one batch; far beyond memory anyway, but catches a typo before any work
+
+
+def default_model_folder() -> Path:
+    """The shipped model folder, ``models/emoji-64`` at the root of the source tree."""
+    return Path(latent_diffusion.__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
+
+
+@dataclass
+class GenerationResult:
+    """Images of one call, with the metadata of each and the time spent per stage.
+
+    Iterating, indexing and ``len`` act on ``images``, so a result can be used as the list of
+    images. ``latents`` are the sampler's output (before decoding); ``timings`` holds the
+    seconds spent in ``"encode"`` (text), ``"denoise"`` (all sampler steps) and ``"decode"``.
+    """
+
+    images: list[Any]
+    metadata: list[GenerationMetadata]
+    latents: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.images)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.images[index]
+
+
+def prompt_list(name: str, value: str | list[str]) -> list[str]:
+    """``value`` as a non-empty list of str, or a ValueError naming ``name``."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(p, str) for p in items):
+        raise ValueError(f"{name}={value!r} must be a str or a non-empty list of str")
+    return list(items)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}={value!r} must be an integer {allowed}")
+
+
+def check_arguments(steps: int, sampler: str, guidance: float, seed: int, rescale: float = 0.0,
+                    num_images: int = 1, num_timesteps: int | None = None) -> None:
+    """Raise a ValueError naming the allowed values for a bad generation argument.
+
+    Needs no model, so the command line checks before loading one; ``num_timesteps`` (the
+    schedule's length, the most steps a sampler can take) is checked when known.
+    """
+    _check_int("steps", steps, 1, num_timesteps)
+    check_choice("sampler", sampler, sorted(SAMPLERS))
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
+        raise ValueError(f"guidance={guidance!r} must be a finite number >= 0 (1 = no guidance)")
+    check_in_range("rescale", rescale, 0.0, 1.0)
+    _check_int("seed", seed, 0, MAX_SEED)
+    _check_int("num_images", num_images, 1, MAX_IMAGES)
+
+
+class WrongModelError(ValueError):
+    """The model folder is fine but made for another task (e.g. an upscaler given to TextToImage)."""
+
+
+class Pipeline:
+    """What every task pipeline shares: loading a model folder, image sizes, conditions, and
+    the sampler loop with its progress bar. Tasks differ only in what they feed the sampler.
+
+    Works with every conditioner kind: text kinds read prompts, ``"class"`` reads class names
+    as prompts, ``"none"`` (unconditional) only accepts the empty prompt.
+    """
+
+    # The kinds of model (``DiffusionComponents.image_condition``) the task can use.
+    image_conditions: tuple[str, ...] = ("none",)
+    # Which pipeline to name when a model does not suit this one.
+    PIPELINE_FOR = {"none": "TextToImage / ImageToImage (ldm generate, ldm img2img)",
+                    "masked_image": "Inpaint (ldm inpaint)", "low_res": "Upscale (ldm upscale)"}
+
+    def __init__(self, components: DiffusionComponents, model_hash: str | None = None) -> None:
+        if not isinstance(components, DiffusionComponents):
+            raise ValueError(f"components must be DiffusionComponents, got {type(components).__name__}")
+        kind = components.image_condition
+        if kind not in self.image_conditions:
+            raise WrongModelError(f"{type(self).__name__} cannot use this model: it is conditioned on "
+                             f"image_condition={kind!r}; use {self.PIPELINE_FOR[kind]}")
+        self.components = components.eval()
+        self.model_hash = model_hash
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | DiffusionComponents | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> Pipeline:
+        """Load a model folder (None: the shipped ``models/emoji-64``) or wrap components.
+
+        Components passed in are moved to ``device``/``dtype`` in place; their ``model_hash``
+        is None because they were never saved.
+        """
+        if isinstance(path, DiffusionComponents):
+            for module in (path.autoencoder, path.unet, path.conditioner):
+                module.to(device=device, dtype=dtype)
+            return cls(path)
+        folder = default_model_folder() if path is None else Path(path)
+        if path is None and not folder.is_dir():
+            raise FileNotFoundError(
+                f"the default model folder {str(folder)!r} does not exist (it ships with a source "
+                "checkout of latent_diffusion); pass --model PATH (Python: from_pretrained(PATH)) "
+                "to name another model folder, e.g. a training run's final/ folder"
+            )
+        components = load_components(folder, device=device, dtype=dtype)
+        return cls(components, model_hash=model_hash(folder))
+
+    # ---- what the model can make ----------------------------------------------------------
+    @property
+    def native_size(self) -> int:
+        """Side in pixels of the images the model was trained on."""
+        return self.components.resolution
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: autoencoder factor f times UNet downsampling."""
+        return self.components.autoencoder.downsampling_factor * self.components.unet.downsampling_factor
+
+    def check_size(self, size: int | None) -> int:
+        """The image side to make (``None``: native); a ValueError names the allowed sizes."""
+        if size is None:
+            return self.native_size
+        m = self.size_multiple
+        if isinstance(size, bool) or not isinstance(size, int) or size < m or size % m:
+            below = max(m, (size // m) * m) if isinstance(size, int) else m
+            examples = sorted({below, below + m, self.native_size})
+            raise ValueError(
+                f"size={size!r} cannot be made by this model: sizes must be positive multiples of {m} "
+                f"(autoencoder factor {self.components.autoencoder.downsampling_factor} x UNet "
+                f"downsampling {self.components.unet.downsampling_factor}), e.g. {examples}; "
+                f"the native size is {self.native_size}"
+            )
+        return size
+
+    # ---- stages -----------------------------------------------------------------------------
+    def conditions(self, prompts: list[str], negatives: list[str] | None) -> tuple[dict, dict]:
+        """Conditional and unconditional UNet kwargs for one prompt (and negative) per image."""
+        conditioner = self.components.conditioner
+        if conditioner.kind in TEXT_KINDS:
+            return text_conditions(self.components, prompts, negatives)
+        if conditioner.kind == "class":  # class names are the prompts; "" is the null class
+            with torch.no_grad():
+                cond = conditioner(labels=prompts)
+                uncond = conditioner(labels=negatives) if negatives else conditioner.unconditional(len(prompts))
+            return cond, uncond
+        if any(prompts) or (negatives and any(negatives)):
+            raise ValueError("this model is unconditional (conditioner kind 'none'); use the empty prompt \"\"")
+        return {}, {}
+
+    def prepare_image(self, image: ImageInput, size: int | None) -> tuple[Any, torch.Tensor, int]:
+        """The checked input (PIL or tensor), as a [1, C, size, size] tensor in [-1, 1], and its size.
+
+        ``size`` None: the model's native size. The image is resized to it when needed.
+        """
+        channels = self.components.autoencoder.config.out_channels
+        picture = read_image(image, channels)
+        check_square(picture)
+        size = self.check_size(size)
+        return picture, image_to_tensor(picture, size), size
+
+    def prompt_batch(self, prompt: str | list[str], negative_prompt: str | list[str] | None, num_images: int,
+                     ) -> tuple[list[str], list[str] | None, list[str], list[str] | None]:
+        """Checked prompts and negatives, and both repeated ``num_images`` times (prompt-major)."""
+        prompts = prompt_list("prompt", prompt)
+        negatives = None if negative_prompt is None else prompt_list("negative_prompt", negative_prompt)
+        if negatives is not None and len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if negatives is not None and len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
+                             "pass one, or one per prompt")
+        batch = [p for p in prompts for _ in range(num_images)]
+        batch_negatives = None if negatives is None else [n for n in negatives for _ in range(num_images)]
+        return prompts, negatives, batch, batch_negatives
+
+    def _denoise(self, cond: dict, uncond: dict, progress: bool,
+                 callback: Callable[[dict[str, Any]], None] | None, **sample_args: Any) -> torch.Tensor:
+        """:func:`sample_latents` with a tqdm bar advanced by the sampler's once-per-step callback."""
+        from tqdm.auto import tqdm
+
+        image_to_image = sample_args.get("init_latents") is not None
+        strength = sample_args.get("strength", 1.0) if image_to_image else 1.0
+        total = len(sampling_sigmas(self.components, sample_args["steps"], sample_args["sampler"],
+                                    strength=strength)) - 1
+        with tqdm(total=total, desc="denoising", unit="step", disable=not progress) as bar:
+            def on_step(info: dict[str, Any]) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback(info)
+
+            return sample_latents(self.components, cond, uncond, callback=on_step, **sample_args)
+
+    def _metadata(self, count: int, **fields: Any) -> list[GenerationMetadata]:
+        """One :class:`GenerationMetadata` per image of a batch of ``count``."""
+        param = next(self.components.unet.parameters())
+        common = dict(model_hash=self.model_hash, ldm_version=latent_diffusion.__version__,
+                      device=str(param.device), dtype=str(param.dtype).removeprefix("torch."), **fields)
+        return [GenerationMetadata(index=i, **common) for i in range(count)]
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decoded images in [-1, 1], refusing non-finite output with a hint."""
+        images = decode_images(self.components, latents)
+        if not torch.isfinite(images).all():
+            raise ValueError("the model produced NaN or infinite pixels; try dtype=torch.float32, "
+                             "fewer steps or a lower guidance")
+        return images
+
+
+__all__ = ["DEFAULT_MODEL_NAME", "GenerationResult", "Pipeline", "WrongModelError", "check_arguments", "default_model_folder",
+           "prompt_list"]

@@ -1,0 +1,125 @@
+"""Inpainting: an image, a mask (white = repaint) and a prompt in, the hole filled out.
+
+    from latent_diffusion.pipelines import Inpaint
+
+    pipe = Inpaint.from_pretrained()
+    result = pipe("face.png", "mask.png", "a grinning face", seed=0)
+
+Two methods, one pipeline (chosen from the model, no task subclass):
+
+* ``"masked"`` works with any text-to-image model: at every step the region to keep is replaced
+  by the original latent noised to the current level (:class:`~latent_diffusion.sampling.masking.
+  MaskedDenoiser`); the mask is max-pooled to the latent grid, so cells touching the hole are
+  regenerated.
+* ``"concat"`` is for a model trained to inpaint (``image_condition="masked_image"``, as Stable
+  Diffusion's inpainting model): the UNet sees the noisy latent stacked with the mask at latent
+  resolution and the latent of the masked image (hole set to grey, 0); see conditioning/image.py.
+
+Either way the decoded image is blended with the input outside the hole, so every kept pixel is
+the input's pixel exactly (at the model's size: the input is resized when it differs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from latent_diffusion.conditioning.image import masked_image_condition
+from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
+from latent_diffusion.pipelines.generate import encode_images, images_to_pil
+from latent_diffusion.pipelines.images import ImageInput, input_hash, read_mask, resize_mask
+from latent_diffusion.sampling import latent_keep_mask
+from latent_diffusion.validation import check_choice, check_in_range
+
+METHODS = ("auto", "masked", "concat")
+
+
+class Inpaint(Pipeline):
+    """Fill the white region of a mask following a prompt (see the module docstring)."""
+
+    image_conditions = ("none", "masked_image")
+
+    @property
+    def concat_model(self) -> bool:
+        """Whether the model was trained to inpaint (mask + masked-image latent as input)."""
+        return self.components.image_condition == "masked_image"
+
+    def resolve_method(self, method: str) -> str:
+        """``method`` with "auto" resolved from the model; a ValueError when it cannot be used."""
+        check_choice("method", method, METHODS)
+        if method == "auto":
+            return "concat" if self.concat_model else "masked"
+        if method == "concat" and not self.concat_model:
+            raise ValueError("method='concat' needs an inpainting model (UNet concat_channels = 1 + latent "
+                             "channels); this model is text-to-image only: use method='masked'")
+        if method == "masked" and self.components.image_condition != "none":
+            raise ValueError("method='masked' needs a text-to-image model (no image condition); this one has "
+                             f"image_condition={self.components.image_condition!r}: use method='concat'")
+        return method
+
+    def __call__(
+        self,
+        image: ImageInput,
+        mask: ImageInput,
+        prompt: str | list[str],
+        strength: float = 1.0,
+        num_images: int = 1,
+        steps: int = 25,
+        sampler: str = "dpmpp_2m",
+        guidance: float = 5.0,
+        negative_prompt: str | list[str] | None = None,
+        seed: int = 0,
+        size: int | None = None,
+        rescale: float = 0.0,
+        method: str = "auto",
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        progress: bool = True,
+    ) -> GenerationResult:
+        """Make ``num_images`` fills per prompt (prompt-major order).
+
+        ``mask``: white (255; 1 for a tensor) = repaint, black = keep, nothing else, the image's
+        size. ``strength`` below 1 starts the hole from the noised original instead of noise.
+        ``method``: "auto" (concat for an inpainting model, else masked), "masked" or "concat".
+        Other arguments are those of :class:`~latent_diffusion.pipelines.text_to_image.TextToImage`.
+        """
+        method = self.resolve_method(method)
+        check_in_range("strength", strength, 0.0, 1.0)
+        check_arguments(steps, sampler, guidance, seed, rescale, num_images,
+                        self.components.diffusion.num_timesteps)
+        prompts, negatives, batch, batch_negatives = self.prompt_batch(prompt, negative_prompt, num_images)
+        picture, pixels, size = self.prepare_image(image, size)
+        hole = resize_mask(read_mask(mask, picture), size)
+        count = len(batch)
+        timings = {}
+        start = time.perf_counter()
+        init = encode_images(self.components, pixels).float().cpu()
+        cond, uncond = self.conditions(batch, batch_negatives)
+        factor = self.components.autoencoder.downsampling_factor
+        keep = None
+        if method == "concat":
+            concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
+            concat = concat.expand(count, -1, -1, -1)
+            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
+        else:
+            keep = latent_keep_mask(hole, factor).expand(count, -1, -1, -1)
+        timings["encode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        latents = self._denoise(cond, uncond, progress, callback, batch_size=count, seed=seed, steps=steps,
+                                sampler=sampler, guidance=guidance, rescale=rescale, latent_size=init.shape[-1],
+                                init_latents=init.expand(count, -1, -1, -1), strength=float(strength), keep=keep)
+        timings["denoise"] = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded = self._decode(latents)
+        # Kept pixels are the input's: the decoder only ever contributes inside the hole.
+        images = hole * decoded + (1 - hole) * pixels.to(decoded.dtype)
+        timings["decode"] = time.perf_counter() - start
+        metadata = self._metadata(
+            count, prompts=tuple(prompts), num_images=num_images,
+            negative_prompts=None if negatives is None else tuple(negatives), seed=seed, sampler=sampler,
+            steps=steps, guidance=float(guidance), rescale=float(rescale), size=size, task=f"inpaint-{method}",
+            strength=float(strength), image_hash=input_hash(image), mask_hash=input_hash(mask))
+        return GenerationResult(images_to_pil(images), metadata, latents, timings)
+
+
+__all__ = ["METHODS", "Inpaint"]
