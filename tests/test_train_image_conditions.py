@@ -78,6 +78,13 @@ def test_init_from_widens_the_input_and_keeps_the_function(workspace: Path) -> N
         init_unet_from(wide, workspace)
 
 
+def test_concat_channels_that_do_not_fit_are_refused_before_training(workspace: Path) -> None:  # noqa: F811
+    config = inpaint_config(workspace, "bad-concat")
+    with pytest.raises(ValueError, match="image_condition='masked_image' needs unet.concat_channels=5"):
+        DiffusionTrainer(config.replace(unet=config.unet.replace(concat_channels=3)))
+    assert not (workspace / "bad-concat" / "checkpoints").exists()
+
+
 def test_inpainting_model_trains_resumes_exactly_and_inpaints(workspace: Path) -> None:  # noqa: F811
     straight = DiffusionTrainer(inpaint_config(workspace, "inpaint-straight")).train()
     DiffusionTrainer(inpaint_config(workspace, "inpaint-resumed", steps=2)).train()

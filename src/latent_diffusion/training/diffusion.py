@@ -21,6 +21,7 @@ from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.conditioning import ConditionerConfig, build_conditioner
 from latent_diffusion.conditioning.image import (
     IMAGE_CONDITIONS,
+    concat_channels,
     degrade,
     low_res_condition,
     masked_image_condition,
@@ -110,6 +111,14 @@ def load_autoencoder(folder: str | Path) -> Autoencoder:
     return model.eval()
 
 
+def check_image_condition(config: DiffusionTrainingConfig, autoencoder: Autoencoder) -> None:
+    """Refuse, before any work, a UNet whose ``concat_channels`` do not fit ``image_condition``."""
+    wanted = concat_channels(config.image_condition, autoencoder.latent_channels, autoencoder.config.out_channels)
+    if config.unet.concat_channels != wanted:
+        raise ValueError(f"image_condition={config.image_condition!r} needs unet.concat_channels={wanted} "
+                         f"with this autoencoder, the config has {config.unet.concat_channels}")
+
+
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """The generator of one micro-batch: a pure function of (seed, step, micro-batch)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
@@ -131,6 +140,7 @@ class DiffusionTrainer:
             init_unet_from(self.unet, config.init_from)
         self.unet = self.unet.to(self.device)
         check_compatible(self.autoencoder, self.unet, self.conditioner)
+        check_image_condition(config, self.autoencoder)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         self.latents, self.text = self._build_caches()
         trainable = list(self.unet.parameters())
