@@ -409,3 +409,30 @@ def test_sampling_under_bf16_autocast_and_in_bf16(name):
     out_bf16 = run(name, DiscreteDenoiser(lambda x_t, t: net.to(torch.bfloat16)(x_t), SCHEDULE, "eps"),
                    x.to(torch.bfloat16), sigmas)
     assert out_bf16.dtype == torch.bfloat16 and out_bf16.isfinite().all()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("name", "spacing"), [
+    ("ddim", "trailing"), ("euler", "trailing"), ("euler", "karras"), ("euler_ancestral", "trailing"),
+    ("dpmpp_2m", "karras"),
+])
+def test_samplers_match_diffusers_at_the_generate_spacings(gauss, name, spacing):
+    """``ldm generate``'s default spacings against the diffusers scheduler that
+    ``convert.schedulers.matching_scheduler`` picks: same timesteps, same trajectory."""
+    from latent_diffusion.convert.schedulers import diffusers_initial_scale, matching_scheduler
+
+    scheduler = matching_scheduler(name, spacing, DiffusionConfig())
+    scheduler.set_timesteps(20)
+    sigmas = get_sigmas(SCHEDULE, 20, spacing)
+    quantize = name == "dpmpp_2m"  # diffusers' DPM-Solver++ rounds its Karras timesteps
+    timesteps = SCHEDULE.sigma_to_t(sigmas[:-1])
+    torch.testing.assert_close(timesteps.round() if quantize else timesteps, scheduler.timesteps.double(),
+                               rtol=0, atol=2e-3)
+    net = gauss.model("eps")
+    noise = torch.randn(64, 4, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    # Euler-type schedulers start trailing/Karras runs from noise * sigma_max; undo that here.
+    reference = diffusers_loop(scheduler, net, noise / diffusers_initial_scale(name, spacing, DiffusionConfig(), 20),
+                               seed=17)
+    denoiser = DiscreteDenoiser(net, SCHEDULE, "eps", quantize=quantize)
+    ours = run(name, denoiser, initial_latent(noise, sigmas), sigmas, seed=17)
+    torch.testing.assert_close(ours, reference.double(), rtol=0, atol=1e-5)

@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "latent_diffusion.training.cli",
     "latent_diffusion.pipelines.cli",
     "latent_diffusion.evaluation.cli",
+    "latent_diffusion.convert.cli",
 ]
 
 
