@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "latent_diffusion.data.cli",
     "latent_diffusion.training.cli",
     "latent_diffusion.pipelines.cli",
+    "latent_diffusion.serve.cli",
     "latent_diffusion.evaluation.cli",
     "latent_diffusion.convert.cli",
 ]

@@ -24,7 +24,7 @@ from latent_diffusion.pipelines.generate import decode_images, sample_latents, s
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, read_image
 from latent_diffusion.pipelines.png import GenerationMetadata
 from latent_diffusion.sampling import SAMPLERS
-from latent_diffusion.validation import check_choice, check_in_range
+from latent_diffusion.validation import check_choice, check_in_range, check_positive
 
 DEFAULT_MODEL_NAME = "emoji-64"
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
@@ -117,6 +117,13 @@ class Pipeline:
                              f"image_condition={kind!r}; use {self.PIPELINE_FOR[kind]}")
         self.components = components.eval()
         self.model_hash = model_hash
+        self.vae_tile: int | None = None
+
+    def enable_vae_tiling(self, tile: int = 64) -> None:
+        """Decode images larger than ``tile`` latents per side in overlapping, blended tiles
+        (diffusers' ``enable_vae_tiling``): bounded memory for large images, seams blended."""
+        check_positive("tile", tile)
+        self.vae_tile = tile
 
     @classmethod
     def from_pretrained(cls, path: str | Path | DiffusionComponents | None = None, device: str | torch.device = "cpu",
@@ -233,7 +240,7 @@ class Pipeline:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decoded images in [-1, 1], refusing non-finite output with a hint."""
-        images = decode_images(self.components, latents)
+        images = decode_images(self.components, latents, tile=self.vae_tile)
         if not torch.isfinite(images).all():
             raise ValueError("the model produced NaN or infinite pixels; try dtype=torch.float32, "
                              "fewer steps or a lower guidance")

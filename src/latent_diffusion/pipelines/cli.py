@@ -86,6 +86,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
                              "(default: ldm-SEED.png in the current folder; a folder: that name inside it)")
     parser.add_argument("--grid", action="store_true", help="write all images as one grid PNG")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    parser.add_argument("--vae-tiling", action="store_true",
+                        help="decode large images in overlapping tiles (less memory, seams blended)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -218,7 +220,8 @@ def run_upscale(args: argparse.Namespace) -> int:
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = dict(num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                  negative_prompt=args.negative, seed=args.seed, rescale=args.rescale, progress=not args.no_progress)
+                  negative_prompt=args.negative, seed=args.seed, rescale=args.rescale, progress=not args.no_progress,
+                  vae_tiling=args.vae_tiling)
     if hasattr(args, "size"):
         kwargs["size"] = args.size
     return kwargs
@@ -234,8 +237,10 @@ def _check_input_file(flag: str, path: Path) -> None:
         raise UsageError(f"{flag} {str(path)!r} does not exist or is not a file; check the path")
 
 
-def _call_reporting_warnings(command: str, pipe: Any, *args: Any, **kwargs: Any) -> Any:
+def _call_reporting_warnings(command: str, pipe: Any, *args: Any, vae_tiling: bool = False, **kwargs: Any) -> Any:
     """Call the pipeline; print each warning it raised once, as one line."""
+    if vae_tiling:
+        pipe.enable_vae_tiling()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = pipe(*args, **kwargs)

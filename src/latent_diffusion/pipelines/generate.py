@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from latent_diffusion.autoencoder.tiling import decode_latents_tiled
 from latent_diffusion.pipelines.components import DiffusionComponents
 from latent_diffusion.sampling import (
     CFGDenoiser,
@@ -110,10 +111,14 @@ def encode_images(components: DiffusionComponents, images: torch.Tensor) -> torc
         return autoencoder.encode_latents(images.to(device=param.device, dtype=param.dtype))
 
 
-def decode_images(components: DiffusionComponents, latents: torch.Tensor) -> torch.Tensor:
-    """Decode diffusion latents to images in [-1, 1] (float32, clamped)."""
+def decode_images(components: DiffusionComponents, latents: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+    """Decode diffusion latents to images in [-1, 1] (float32, clamped); ``tile`` (latents per
+    side) decodes in overlapping tiles, bounding memory for large images (autoencoder/tiling.py)."""
     with torch.no_grad():
-        images = components.autoencoder.decode_latents(latents)
+        if tile is not None and max(latents.shape[-2:]) > tile:
+            images = decode_latents_tiled(components.autoencoder, latents, tile=tile, overlap=max(1, tile // 4))
+        else:
+            images = components.autoencoder.decode_latents(latents)
     return images.float().clamp(-1, 1)
 
 

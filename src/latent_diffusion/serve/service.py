@@ -1,0 +1,246 @@
+"""The server's side of generation: requests checked into pipeline calls, results into PNGs.
+
+:meth:`Generator.prepare` does everything that can fail because of the request (decoding the
+uploads, their sizes, the mask, every argument) before a job is queued, so a bad request costs
+a 4xx in milliseconds and never a place in line; the returned :class:`PreparedJob` is then run
+on a worker thread by the queue, reporting each denoising step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
+from latent_diffusion.pipelines.generate import sampling_sigmas
+from latent_diffusion.pipelines.images import check_square, read_mask, to_model_mode
+from latent_diffusion.pipelines.png import png_bytes
+from latent_diffusion.serve.jobs import Job
+from latent_diffusion.serve.schemas import (
+    GeneratedImage,
+    GenerationResponse,
+    Img2ImgRequest,
+    InpaintRequest,
+    Txt2ImgRequest,
+    UpscaleRequest,
+)
+
+RANDOM_SEED_BOUND = 2**32  # random seeds stay exact in JavaScript numbers (53-bit)
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
+
+class RequestError(ValueError):
+    """A request the server cannot serve; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Limits:
+    """Per-server caps on what one request may ask for (below the API's hard limits)."""
+
+    max_steps: int = 150
+    max_images: int = 8
+    max_input_side: int = 2048
+
+
+@dataclass
+class PreparedJob:
+    """A checked request: what to queue (``run``), how many steps it will report, its seed."""
+
+    task: str
+    seed: int
+    total_steps: int
+    run: Callable[[Job], GenerationResponse]
+
+
+def decode_image(data: str, what: str, max_side: int) -> Any:
+    """A base64 (or ``data:`` URL) image upload as a loaded PIL image; RequestError when it is not
+    base64, not an image, or larger than ``max_side`` (checked from the header, before decoding
+    the pixels, so a small file that unpacks to gigapixels is refused cheaply)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if data.startswith("data:"):
+        header, _, data = data.partition(",")
+        if not header.endswith(";base64"):
+            raise RequestError(f"{what} is a data URL without ;base64; send base64 image data")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(f"{what} is not valid base64 ({err}); send the image file's bytes base64-encoded") from err
+    if not raw:
+        raise RequestError(f"{what} is empty; send a PNG or JPEG image")
+    try:
+        # Pillow's own decompression-bomb check fires on size alone; ours gives a clear message first.
+        image = Image.open(io.BytesIO(raw))
+        if image.format not in IMAGE_FORMATS:
+            raise RequestError(f"{what} is a {image.format} file; send one of {', '.join(IMAGE_FORMATS)}")
+        width, height = image.size
+        if max(width, height) > max_side:
+            raise RequestError(f"{what} is {width}x{height}; this server takes images up to {max_side} px a side",
+                               status=413)
+        image.load()
+    except RequestError:
+        raise
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+        raise RequestError(f"{what} is not a readable image ({err}); send a PNG or JPEG file") from err
+    return image
+
+
+def encode_result(task: str, seed: int, result: GenerationResult, queued_s: float) -> GenerationResponse:
+    """A pipeline's result as the API response: PNGs (with metadata chunks) in base64."""
+    images = []
+    for image, metadata in zip(result.images, result.metadata):
+        data = base64.b64encode(png_bytes(image, metadata)).decode("ascii")
+        images.append(GeneratedImage(png_base64=data, index=metadata.index, seed=seed, width=image.size[0],
+                                     height=image.size[1], metadata=asdict(metadata)))
+    timings = {"queued": round(queued_s, 4), **{k: round(v, 4) for k, v in result.timings.items()}}
+    return GenerationResponse(task=task, seed=seed, images=images, timings=timings)
+
+
+class Generator:
+    """The loaded pipelines behind the API. ``upscale`` is optional (None: the task is off).
+
+    Text-to-image, image-to-image and inpainting share one model's components, so a server holds
+    one copy of the weights for all three.
+    """
+
+    def __init__(self, text_to_image: Pipeline, image_to_image: Pipeline, inpaint: Pipeline,
+                 upscale: Pipeline | None = None, limits: Limits | None = None) -> None:
+        self.pipelines: dict[str, Pipeline | None] = {"txt2img": text_to_image, "img2img": image_to_image,
+                                                      "inpaint": inpaint, "upscale": upscale}
+        self.limits = limits or Limits()
+
+    @classmethod
+    def from_pretrained(cls, model: Any = None, upscaler: Any = None, device: str = "cpu",
+                        limits: Limits | None = None) -> Generator:
+        """Load a model folder (None: the shipped default; or components) and optionally an
+        upscaling model folder (or components)."""
+        from latent_diffusion.pipelines.text_to_image import TextToImage
+
+        upscale = None
+        if upscaler is not None:
+            from latent_diffusion.pipelines.upscale import Upscale
+
+            upscale = Upscale.from_pretrained(upscaler, device=device)
+        return cls.from_components(TextToImage.from_pretrained(model, device=device), upscale, limits)
+
+    @classmethod
+    def from_components(cls, text_to_image: Pipeline, upscale: Pipeline | None = None,
+                        limits: Limits | None = None) -> Generator:
+        """Image-to-image and inpainting pipelines over ``text_to_image``'s model, plus ``upscale``."""
+        from latent_diffusion.pipelines.image_to_image import ImageToImage
+        from latent_diffusion.pipelines.inpaint import Inpaint
+
+        components, model_hash = text_to_image.components, text_to_image.model_hash
+        return cls(text_to_image, ImageToImage(components, model_hash), Inpaint(components, model_hash), upscale,
+                   limits)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks this server can run."""
+        return [task for task, pipe in self.pipelines.items() if pipe is not None]
+
+    def info(self) -> dict[str, Any]:
+        """What the page needs to build its form: sizes, tasks, limits."""
+        text = self.pipelines["txt2img"]
+        upscale = self.pipelines["upscale"]
+        return {
+            "tasks": self.tasks,
+            "native_size": text.native_size,
+            "image_channels": text.components.autoencoder.config.out_channels,
+            "conditioner": text.components.conditioner.kind,
+            "model_hash": text.model_hash,
+            "upscale_factor": getattr(upscale, "factor", None),
+            "upscale_input_size": None if upscale is None else upscale.native_size // upscale.factor,
+            "limits": asdict(self.limits),
+        }
+
+    # ---- checking ----------------------------------------------------------------------------
+    def _pipeline(self, task: str) -> Pipeline:
+        pipe = self.pipelines.get(task)
+        if pipe is None:
+            raise RequestError(f"{task} is not enabled on this server: start it with `ldm serve --upscaler PATH` "
+                               "(an upscaling model folder) to turn it on", status=409)
+        return pipe
+
+    def _check_common(self, request: Any, pipe: Pipeline) -> int:
+        limits = self.limits
+        if request.steps > limits.max_steps:
+            raise RequestError(f"steps={request.steps} is more than this server allows ({limits.max_steps})")
+        if request.num_images > limits.max_images:
+            raise RequestError(f"num_images={request.num_images} is more than this server allows "
+                               f"({limits.max_images} per request)")
+        seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_BOUND)
+        try:
+            check_arguments(request.steps, request.sampler, request.guidance, seed, request.rescale,
+                            request.num_images, pipe.components.diffusion.num_timesteps)
+        except ValueError as err:
+            raise RequestError(str(err)) from err
+        return seed
+
+    def _input_image(self, request: Any, pipe: Pipeline) -> Any:
+        image = decode_image(request.image, "image", self.limits.max_input_side)
+        picture = to_model_mode(image, pipe.components.autoencoder.config.out_channels)
+        try:
+            check_square(picture)
+        except ValueError as err:
+            raise RequestError(str(err)) from err
+        return picture
+
+    def prepare(self, task: str, request: Any) -> PreparedJob:
+        """Check ``request`` for ``task`` and return the job to queue; RequestError on bad input."""
+        pipe = self._pipeline(task)
+        seed = self._check_common(request, pipe)
+        common = dict(num_images=request.num_images, steps=request.steps, sampler=request.sampler,
+                      guidance=request.guidance, negative_prompt=request.negative_prompt, seed=seed,
+                      rescale=request.rescale, progress=False)
+        strength = 1.0
+        if isinstance(request, Txt2ImgRequest):
+            args, kwargs = (request.prompt,), {}
+        elif isinstance(request, Img2ImgRequest):
+            strength = request.strength
+            args, kwargs = (self._input_image(request, pipe), request.prompt), {"strength": strength}
+        elif isinstance(request, InpaintRequest):
+            strength = request.strength
+            picture = self._input_image(request, pipe)
+            mask = decode_image(request.mask, "mask", self.limits.max_input_side)
+            try:
+                read_mask(mask, picture)  # size and binary-ness, the pipeline's own rule, before queueing
+            except ValueError as err:
+                raise RequestError(str(err)) from err
+            args, kwargs = (picture, mask, request.prompt), {"strength": strength}
+        elif isinstance(request, UpscaleRequest):
+            picture = self._input_image(request, pipe)
+            side = picture.size[0] * pipe.factor
+            try:
+                pipe.check_size(side)
+            except ValueError as err:
+                raise RequestError(f"a {picture.size[0]}x{picture.size[0]} input cannot be upscaled "
+                                   f"x{pipe.factor} by this model: {err}") from err
+            args, kwargs = (picture,), {"prompt": request.prompt}
+        else:
+            raise TypeError(f"unknown request type {type(request).__name__}")
+        # What the pipeline's own progress bar counts: image tasks run only the strength's share.
+        total = len(sampling_sigmas(pipe.components, request.steps, request.sampler, strength=strength)) - 1
+        submitted = time.perf_counter()
+
+        def run(job: Job) -> GenerationResponse:
+            queued = time.perf_counter() - submitted
+            job.progress(0, total)  # also the first cancellation check, before any work
+            result = pipe(*args, **kwargs, **common,
+                          callback=lambda info: job.progress(min(int(info["i"]) + 1, total), total))
+            return encode_result(task, seed, result, queued)
+
+        return PreparedJob(task, seed, total, run)
+
+
+__all__ = ["Generator", "Limits", "PreparedJob", "RequestError", "decode_image", "encode_result"]
