@@ -336,6 +336,22 @@ def test_emoji_adherence_end_to_end(tmp_path, monkeypatch):
         result["metrics"]
 
 
+def test_styles_and_skin_tones_select_the_split_but_never_the_gallery(tmp_path, monkeypatch):
+    fake_emoji(tmp_path, monkeypatch, emoji_entries())
+    settings = runner.EvalSettings(model="unused", split="all", styles=("twitter",), skin_tones=False)
+    subset = runner.build_eval_dataset(settings, 3)
+    assert {r.style for r in subset.records} == {"twitter"} and all(r.unified == r.base for r in subset.records)
+    everything = runner.build_eval_dataset(settings, 3, styles=("google", "twitter"), skin_tones=True)
+    assert len(everything) == 2 * (len(subset) + 2)  # + the two skin-tone variants, in both styles
+    default = runner.EvalSettings(model="unused", split="all")
+    assert runner.cache_name(settings, 3) != runner.cache_name(default, 3)  # other images, other features
+    assert runner.cache_name(settings, 3, "gallery") == runner.cache_name(default, 3, "gallery")
+    with pytest.raises(ValueError, match="styles and skin_tones select emoji pictures"):
+        runner.EvalSettings(model="unused", data="mnist", skin_tones=False)
+    with pytest.raises(ValueError, match="styles="):
+        runner.EvalSettings(model="unused", styles=("apple",))
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
