@@ -10,6 +10,7 @@ subclassed per task; a task is a way of calling :func:`~latent_diffusion.pipelin
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,13 @@ import torch
 import latent_diffusion
 from latent_diffusion.conditioning.conditioner import TEXT_KINDS
 from latent_diffusion.pipelines.components import DiffusionComponents, load_components, model_hash
-from latent_diffusion.pipelines.generate import decode_images, sample_latents, sampling_sigmas, text_conditions
+from latent_diffusion.pipelines.generate import (
+    decode_images,
+    images_to_pil,
+    sample_latents,
+    sampling_sigmas,
+    text_conditions,
+)
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, read_image
 from latent_diffusion.pipelines.png import GenerationMetadata
 from latent_diffusion.sampling import SAMPLERS
@@ -88,6 +95,34 @@ def check_arguments(steps: int, sampler: str, guidance: float, seed: int, rescal
     check_in_range("rescale", rescale, 0.0, 1.0)
     _check_int("seed", seed, 0, MAX_SEED)
     _check_int("num_images", num_images, 1, MAX_IMAGES)
+
+
+@dataclass
+class PromptBatch:
+    """The prompts of one call and their negatives (None: the model's unconditional input),
+    each made ``num_images`` times; ``items`` lists a batch's prompts in order (prompt-major)."""
+
+    prompts: list[str]
+    negatives: list[str] | None
+    num_images: int
+
+    @property
+    def items(self) -> list[str]:
+        """One prompt per image."""
+        return [p for p in self.prompts for _ in range(self.num_images)]
+
+    @property
+    def negative_items(self) -> list[str] | None:
+        """One negative prompt per image, or None."""
+        return None if self.negatives is None else [n for n in self.negatives for _ in range(self.num_images)]
+
+    def __len__(self) -> int:
+        return len(self.prompts) * self.num_images
+
+    def metadata_fields(self) -> dict[str, Any]:
+        """The batch's part of :class:`GenerationMetadata`."""
+        return {"prompts": tuple(self.prompts), "num_images": self.num_images,
+                "negative_prompts": None if self.negatives is None else tuple(self.negatives)}
 
 
 class WrongModelError(ValueError):
@@ -200,9 +235,9 @@ class Pipeline:
         size = self.check_size(size)
         return picture, image_to_tensor(picture, size), size
 
-    def prompt_batch(self, prompt: str | list[str], negative_prompt: str | list[str] | None, num_images: int,
-                     ) -> tuple[list[str], list[str] | None, list[str], list[str] | None]:
-        """Checked prompts and negatives, and both repeated ``num_images`` times (prompt-major)."""
+    def prompt_batch(self, prompt: str | list[str], negative_prompt: str | list[str] | None,
+                     num_images: int) -> PromptBatch:
+        """Checked prompts and negatives (one negative serves every prompt)."""
         prompts = prompt_list("prompt", prompt)
         negatives = None if negative_prompt is None else prompt_list("negative_prompt", negative_prompt)
         if negatives is not None and len(negatives) == 1:
@@ -210,9 +245,38 @@ class Pipeline:
         if negatives is not None and len(negatives) != len(prompts):
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
                              "pass one, or one per prompt")
-        batch = [p for p in prompts for _ in range(num_images)]
-        batch_negatives = None if negatives is None else [n for n in negatives for _ in range(num_images)]
-        return prompts, negatives, batch, batch_negatives
+        return PromptBatch(prompts, negatives, num_images)
+
+    def _encode(self, batch: PromptBatch, timings: dict[str, float],
+                extra: Callable[[], dict[str, torch.Tensor]] | None = None) -> tuple[dict, dict]:
+        """Conditions of ``batch`` (timed as "encode"); ``extra()`` adds tensors (an image
+        condition) to both the conditional and the unconditional kwargs."""
+        start = time.perf_counter()
+        cond, uncond = self.conditions(batch.items, batch.negative_items)
+        if extra is not None:
+            added = extra()
+            cond, uncond = {**cond, **added}, {**uncond, **added}
+        timings["encode"] = time.perf_counter() - start
+        return cond, uncond
+
+    def _generate(self, batch: PromptBatch, cond: dict, uncond: dict, timings: dict[str, float], *,
+                  progress: bool, callback: Callable[[dict[str, Any]], None] | None, sampling: dict[str, Any],
+                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None, **metadata: Any) -> GenerationResult:
+        """Denoise (``sampling``: :func:`sample_latents`' arguments), decode, ``finish`` the images
+        in [-1, 1] (e.g. blend kept pixels back), and describe each image in its metadata."""
+        start = time.perf_counter()
+        latents = self._denoise(cond, uncond, progress, callback, batch_size=len(batch), **sampling)
+        timings["denoise"] = time.perf_counter() - start
+        start = time.perf_counter()
+        images = self._decode(latents)
+        if finish is not None:
+            images = finish(images)
+        timings["decode"] = time.perf_counter() - start
+        described = self._metadata(len(batch), **batch.metadata_fields(), seed=sampling["seed"],
+                                   sampler=sampling["sampler"], steps=sampling["steps"],
+                                   guidance=float(sampling["guidance"]), rescale=float(sampling["rescale"]),
+                                   **metadata)
+        return GenerationResult(images_to_pil(images), described, latents, timings)
 
     def _denoise(self, cond: dict, uncond: dict, progress: bool,
                  callback: Callable[[dict[str, Any]], None] | None, **sample_args: Any) -> torch.Tensor:
@@ -247,5 +311,5 @@ class Pipeline:
         return images
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "GenerationResult", "Pipeline", "WrongModelError", "check_arguments", "default_model_folder",
+__all__ = ["DEFAULT_MODEL_NAME", "GenerationResult", "Pipeline", "PromptBatch", "WrongModelError", "check_arguments", "default_model_folder",
            "prompt_list"]

@@ -17,10 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
-from latent_diffusion.pipelines.generate import encode_images, images_to_pil
+from latent_diffusion.pipelines.generate import encode_images
 from latent_diffusion.pipelines.images import ImageInput, input_hash
 from latent_diffusion.validation import check_in_range
 
@@ -52,27 +50,18 @@ class ImageToImage(Pipeline):
         check_in_range("strength", strength, 0.0, 1.0)
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
-        prompts, negatives, batch, batch_negatives = self.prompt_batch(prompt, negative_prompt, num_images)
+        batch = self.prompt_batch(prompt, negative_prompt, num_images)
         _, pixels, size = self.prepare_image(image, size)
-        timings = {}
+        timings: dict[str, float] = {}
         start = time.perf_counter()
         init = encode_images(self.components, pixels).float().cpu().expand(len(batch), -1, -1, -1)
-        cond, uncond = self.conditions(batch, batch_negatives)
-        timings["encode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        latents = self._denoise(cond, uncond, progress, callback, batch_size=len(batch), seed=seed, steps=steps,
-                                sampler=sampler, guidance=guidance, rescale=rescale, latent_size=init.shape[-1],
-                                init_latents=init, strength=float(strength))
-        timings["denoise"] = time.perf_counter() - start
-        start = time.perf_counter()
-        images = self._decode(latents)
-        timings["decode"] = time.perf_counter() - start
-        metadata = self._metadata(
-            len(batch), prompts=tuple(prompts), num_images=num_images,
-            negative_prompts=None if negatives is None else tuple(negatives), seed=seed, sampler=sampler,
-            steps=steps, guidance=float(guidance), rescale=float(rescale), size=size, task="img2img",
-            strength=float(strength), image_hash=input_hash(image))
-        return GenerationResult(images_to_pil(images), metadata, latents, timings)
+        cond, uncond = self._encode(batch, timings)
+        timings["encode"] = time.perf_counter() - start  # the image's encoding and the prompts'
+        sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
+                        latent_size=init.shape[-1], init_latents=init, strength=float(strength))
+        return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              sampling=sampling, size=size, task="img2img", strength=float(strength),
+                              image_hash=input_hash(image))
 
 
 __all__ = ["ImageToImage"]

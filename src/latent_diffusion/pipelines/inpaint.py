@@ -25,9 +25,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from latent_diffusion.conditioning.image import masked_image_condition
 from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
-from latent_diffusion.pipelines.generate import encode_images, images_to_pil
+from latent_diffusion.pipelines.generate import encode_images
 from latent_diffusion.pipelines.images import ImageInput, input_hash, read_mask, resize_mask
 from latent_diffusion.sampling import latent_keep_mask
 from latent_diffusion.validation import check_choice, check_in_range
@@ -87,39 +89,33 @@ class Inpaint(Pipeline):
         check_in_range("strength", strength, 0.0, 1.0)
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
-        prompts, negatives, batch, batch_negatives = self.prompt_batch(prompt, negative_prompt, num_images)
+        batch = self.prompt_batch(prompt, negative_prompt, num_images)
         picture, pixels, size = self.prepare_image(image, size)
         hole = resize_mask(read_mask(mask, picture), size)
         count = len(batch)
-        timings = {}
+        timings: dict[str, float] = {}
         start = time.perf_counter()
         init = encode_images(self.components, pixels).float().cpu()
-        cond, uncond = self.conditions(batch, batch_negatives)
-        factor = self.components.autoencoder.downsampling_factor
-        keep = None
+        keep, image_condition = None, None
         if method == "concat":
-            concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
-            concat = concat.expand(count, -1, -1, -1)
-            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
+            def image_condition() -> dict:
+                concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
+                return {"concat": concat.expand(count, -1, -1, -1)}
         else:
-            keep = latent_keep_mask(hole, factor).expand(count, -1, -1, -1)
-        timings["encode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        latents = self._denoise(cond, uncond, progress, callback, batch_size=count, seed=seed, steps=steps,
-                                sampler=sampler, guidance=guidance, rescale=rescale, latent_size=init.shape[-1],
-                                init_latents=init.expand(count, -1, -1, -1), strength=float(strength), keep=keep)
-        timings["denoise"] = time.perf_counter() - start
-        start = time.perf_counter()
-        decoded = self._decode(latents)
-        # Kept pixels are the input's: the decoder only ever contributes inside the hole.
-        images = hole * decoded + (1 - hole) * pixels.to(decoded.dtype)
-        timings["decode"] = time.perf_counter() - start
-        metadata = self._metadata(
-            count, prompts=tuple(prompts), num_images=num_images,
-            negative_prompts=None if negatives is None else tuple(negatives), seed=seed, sampler=sampler,
-            steps=steps, guidance=float(guidance), rescale=float(rescale), size=size, task=f"inpaint-{method}",
-            strength=float(strength), image_hash=input_hash(image), mask_hash=input_hash(mask))
-        return GenerationResult(images_to_pil(images), metadata, latents, timings)
+            keep = latent_keep_mask(hole, self.components.autoencoder.downsampling_factor).expand(count, -1, -1, -1)
+        cond, uncond = self._encode(batch, timings, image_condition)
+        timings["encode"] = time.perf_counter() - start  # the image's encoding and the prompts'
+        sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
+                        latent_size=init.shape[-1], init_latents=init.expand(count, -1, -1, -1),
+                        strength=float(strength), keep=keep)
+
+        def blend(decoded: torch.Tensor) -> torch.Tensor:
+            # Kept pixels are the input's: the decoder only ever contributes inside the hole.
+            return hole * decoded + (1 - hole) * pixels.to(decoded.dtype)
+
+        return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              sampling=sampling, finish=blend, size=size, task=f"inpaint-{method}",
+                              strength=float(strength), image_hash=input_hash(image), mask_hash=input_hash(mask))
 
 
 __all__ = ["METHODS", "Inpaint"]

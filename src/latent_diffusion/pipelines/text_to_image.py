@@ -15,7 +15,6 @@ the noise comes from one CPU generator seeded with ``seed`` (see ``generate.py``
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,6 @@ from latent_diffusion.pipelines.base import (
     check_arguments,
     default_model_folder,
 )
-from latent_diffusion.pipelines.generate import images_to_pil
 
 
 class TextToImage(Pipeline):
@@ -57,26 +55,14 @@ class TextToImage(Pipeline):
         """
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
-        prompts, negatives, batch, batch_negatives = self.prompt_batch(prompt, negative_prompt, num_images)
+        batch = self.prompt_batch(prompt, negative_prompt, num_images)
         size = self.check_size(size)
-
-        timings = {}
-        start = time.perf_counter()
-        cond, uncond = self.conditions(batch, batch_negatives)
-        timings["encode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        latents = self._denoise(cond, uncond, progress, callback, batch_size=len(batch), seed=seed, steps=steps,
-                                sampler=sampler, guidance=guidance, rescale=rescale,
-                                latent_size=size // self.components.autoencoder.downsampling_factor)
-        timings["denoise"] = time.perf_counter() - start
-        start = time.perf_counter()
-        images = self._decode(latents)
-        timings["decode"] = time.perf_counter() - start
-        metadata = self._metadata(
-            len(batch), prompts=tuple(prompts), num_images=num_images,
-            negative_prompts=None if negatives is None else tuple(negatives), seed=seed, sampler=sampler,
-            steps=steps, guidance=float(guidance), rescale=float(rescale), size=size)
-        return GenerationResult(images_to_pil(images), metadata, latents, timings)
+        timings: dict[str, float] = {}
+        cond, uncond = self._encode(batch, timings)
+        sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
+                        latent_size=size // self.components.autoencoder.downsampling_factor)
+        return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              sampling=sampling, size=size)
 
 
 __all__ = ["DEFAULT_MODEL_NAME", "GenerationResult", "TextToImage", "check_arguments", "default_model_folder"]

@@ -13,13 +13,11 @@ contrast and defaults to 1 (off).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from latent_diffusion.conditioning.image import low_res_condition
 from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
-from latent_diffusion.pipelines.generate import images_to_pil
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, input_hash, read_image
 
 
@@ -51,7 +49,7 @@ class Upscale(Pipeline):
         times the input's (which must make a size the model can produce)."""
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
-        prompts, negatives, batch, batch_negatives = self.prompt_batch(prompt, negative_prompt, num_images)
+        batch = self.prompt_batch(prompt, negative_prompt, num_images)
         picture = read_image(image, self.components.autoencoder.config.out_channels)
         check_square(picture)
         side = picture.shape[-1] if hasattr(picture, "shape") else picture.size[0]
@@ -60,26 +58,17 @@ class Upscale(Pipeline):
         except ValueError as err:
             raise ValueError(f"a {side}x{side} input cannot be upscaled x{self.factor} by this model: {err}") from err
         latent_size = size // self.components.autoencoder.downsampling_factor
-        count = len(batch)
-        timings = {}
-        start = time.perf_counter()
-        low = low_res_condition(image_to_tensor(picture, side), latent_size).expand(count, -1, -1, -1)
-        cond, uncond = self.conditions(batch, batch_negatives)
-        cond, uncond = {**cond, "concat": low}, {**uncond, "concat": low}
-        timings["encode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        latents = self._denoise(cond, uncond, progress, callback, batch_size=count, seed=seed, steps=steps,
-                                sampler=sampler, guidance=guidance, rescale=rescale, latent_size=latent_size)
-        timings["denoise"] = time.perf_counter() - start
-        start = time.perf_counter()
-        images = self._decode(latents)
-        timings["decode"] = time.perf_counter() - start
-        metadata = self._metadata(
-            count, prompts=tuple(prompts), num_images=num_images,
-            negative_prompts=None if negatives is None else tuple(negatives), seed=seed, sampler=sampler,
-            steps=steps, guidance=float(guidance), rescale=float(rescale), size=size, task="upscale",
-            image_hash=input_hash(image))
-        return GenerationResult(images_to_pil(images), metadata, latents, timings)
+        timings: dict[str, float] = {}
+
+        def low_res() -> dict:
+            low = low_res_condition(image_to_tensor(picture, side), latent_size)
+            return {"concat": low.expand(len(batch), -1, -1, -1)}
+
+        cond, uncond = self._encode(batch, timings, low_res)
+        sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
+                        latent_size=latent_size)
+        return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              sampling=sampling, size=size, task="upscale", image_hash=input_hash(image))
 
 
 __all__ = ["Upscale"]
