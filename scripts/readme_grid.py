@@ -1,0 +1,54 @@
+"""Make the README's sample grid: fixed prompts x fixed seeds from a model folder, at default settings.
+
+    python scripts/readme_grid.py                      # the shipped model -> docs/samples.png
+    python scripts/readme_grid.py --model runs/x/final -o grid.png --scale 3
+
+Each row is one prompt (written at its left), each column one seed; images are enlarged with
+nearest-neighbour sampling so that the 64 px pixels stay visible. The same command always makes
+the same picture (the seeds are fixed), so a change in it is a change in the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from latent_diffusion.pipelines import TextToImage
+
+PROMPTS = ("grinning face", "red apple", "cat face", "pile of poo", "thumbs up", "fire", "red heart", "rocket")
+SEEDS = (0, 1, 2, 3)
+LABEL_WIDTH = 120
+PAD = 4
+
+
+def make_grid(pipe: TextToImage, prompts: tuple[str, ...], seeds: tuple[int, ...], scale: int) -> Image.Image:
+    """One row per prompt, one column per seed, default sampling settings."""
+    size = pipe.native_size * scale
+    grid = Image.new("RGB", (LABEL_WIDTH + len(seeds) * (size + PAD) + PAD, len(prompts) * (size + PAD) + PAD),
+                     "white")
+    draw = ImageDraw.Draw(grid)
+    for row, prompt in enumerate(prompts):
+        top = PAD + row * (size + PAD)
+        draw.text((PAD, top + size // 2 - 6), prompt, fill="black")
+        for col, seed in enumerate(seeds):
+            image = pipe(prompt, seed=seed, progress=False)[0]
+            grid.paste(image.resize((size, size), Image.Resampling.NEAREST), (LABEL_WIDTH + PAD + col * (size + PAD), top))
+    return grid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped models/emoji-64)")
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/samples.png"))
+    parser.add_argument("--scale", type=int, default=2, help="enlargement factor (default 2)")
+    args = parser.parse_args()
+    grid = make_grid(TextToImage.from_pretrained(args.model), PROMPTS, SEEDS, args.scale)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(args.output)
+    print(f"wrote {args.output} ({len(PROMPTS)} prompts x {len(SEEDS)} seeds)")
+
+
+if __name__ == "__main__":
+    main()
