@@ -1,0 +1,133 @@
+"""Image tasks against their baselines, in one run: time per image and quality.
+
+* **inpainting**: validation emoji with fixed holes (seeded boxes and brush strokes from
+  ``conditioning.image.random_holes``, never the whole picture), prompt = the emoji's name. Mask-
+  guided sampling with the text-to-image model (``--model``) is the baseline; a trained inpainting
+  model (``--inpaint-model``) is compared with it. Scores against the original picture: perceptual
+  distance (EfficientNet-Lite0 LPIPS-style), PSNR inside the hole, and FID of the filled pictures
+  against the originals (kept pixels are identical by construction, so FID differences come from
+  the holes; with a few hundred images FID is biased upwards: compare rows, not papers).
+* **super-resolution x f** (``--upscaler``): the validation pictures downsampled as in training
+  (bicubic, antialiased), upscaled by the model and by bicubic interpolation (the baseline);
+  PSNR, SSIM and perceptual distance against the originals.
+* **image-to-image**: time per image at strength 0.75 (and its perceptual distance to the input).
+
+    python benchmarks/image_tasks.py [--model models/emoji-64] [--inpaint-model PATH] \
+        [--upscaler PATH] [--num-images 64] [--steps 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from latent_diffusion.conditioning.image import degrade, random_holes
+from latent_diffusion.data import DataConfig, dataset_from_config
+from latent_diffusion.evaluation.fid import fid_from_features
+from latent_diffusion.evaluation.inception import InceptionFeatures
+from latent_diffusion.evaluation.reconstruction import default_perceptual, psnr, ssim
+from latent_diffusion.pipelines import ImageToImage, Inpaint, Upscale, default_model_folder
+
+MASK_SEED = 1234
+
+
+def validation_set(count: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """The first ``count`` Twitter base emoji of the validation split, [-1, 1], with their names."""
+    dataset = dataset_from_config(DataConfig(name="emoji", resolution=resolution, styles=("twitter",),
+                                             skin_tones=False, caption_mode="name"), "validation")
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    return torch.stack([item["image"] for item in items]), [item["caption"] for item in items]
+
+
+def fixed_holes(count: int, size: int) -> torch.Tensor:
+    """Seeded boxes and strokes (no whole-picture masks: those are text-to-image, not inpainting)."""
+    return random_holes(count, size, torch.Generator().manual_seed(MASK_SEED), whole_prob=0.0, box_prob=0.5)
+
+
+def to_tensor(images: list[Any]) -> torch.Tensor:
+    """PIL images -> [B, 3, H, W] in [-1, 1]."""
+    import numpy as np
+
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return torch.from_numpy(array / 127.5 - 1.0).permute(0, 3, 1, 2)
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def hole_psnr(a: torch.Tensor, b: torch.Tensor, hole: torch.Tensor) -> float:
+    """PSNR over the hole pixels only (data range 2 for [-1, 1])."""
+    err = ((a - b) ** 2 * hole).sum() / (hole.sum() * a.shape[1])
+    return float(10 * torch.log10(4.0 / err))
+
+
+def inpaint_rows(originals: torch.Tensor, names: list[str], models: dict[str, Inpaint], steps: int,
+                 perceptual: Any, inception: Any) -> list[tuple]:
+    holes = fixed_holes(len(originals), originals.shape[-1])
+    real = inception(originals)
+    rows = []
+    for label, pipe in models.items():
+        filled, seconds = [], 0.0
+        for i, (image, hole, name) in enumerate(zip(originals, holes, names)):
+            result, took = timed(lambda: pipe(image, hole, name, steps=steps, seed=i, progress=False))
+            filled.append(result[0])
+            seconds += took
+        out = to_tensor(filled)
+        rows.append((f"inpaint: {label}", seconds / len(out), float(perceptual(out, originals).mean()),
+                     hole_psnr(out, originals, holes), fid_from_features(inception(out), real)))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="text-to-image model folder (default: the shipped one)")
+    parser.add_argument("--inpaint-model", default=None, help="an inpainting model folder (image_condition masked_image)")
+    parser.add_argument("--upscaler", default=None, help="a super-resolution model folder (image_condition low_res)")
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=25)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    model = args.model or default_model_folder()
+    base = Inpaint.from_pretrained(model)
+    size = base.native_size
+    originals, names = validation_set(args.num_images, size)
+    perceptual = default_perceptual().eval()
+    inception = InceptionFeatures()
+    print(f"{len(originals)} validation pictures (Twitter base emoji), {args.steps} steps, dpmpp_2m, guidance 5\n")
+    models = {"mask-guided (text-to-image model)": base}
+    if args.inpaint_model:
+        models["inpainting model (concat)"] = Inpaint.from_pretrained(args.inpaint_model)
+    rows = inpaint_rows(originals, names, models, args.steps, perceptual, inception)
+    img2img = ImageToImage(base.components, base.model_hash)
+    out, seconds = timed(lambda: [img2img(image, name, strength=0.75, steps=args.steps, seed=i, progress=False)[0]
+                                  for i, (image, name) in enumerate(zip(originals, names))])
+    rows.append(("img2img, strength 0.75", seconds / len(originals),
+                 float(perceptual(to_tensor(out), originals).mean()), float("nan"), float("nan")))
+    print(f"{'task':<44} {'s/image':>8} {'perceptual':>11} {'PSNR hole':>10} {'FID':>8}")
+    for label, sec, perc, ps, fid in rows:
+        print(f"{label:<44} {sec:>8.2f} {perc:>11.4f} {ps:>10.2f} {fid:>8.1f}")
+    if args.upscaler:
+        upscaler = Upscale.from_pretrained(args.upscaler)
+        factor = upscaler.factor
+        small = degrade(originals, factor)
+        ups, seconds = timed(lambda: [upscaler(image, steps=args.steps, seed=i, progress=False)[0]
+                                      for i, image in enumerate(small)])
+        ups = to_tensor(ups)
+        bicubic = F.interpolate(small, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1)
+        print(f"\n{'super-resolution x' + str(factor):<44} {'s/image':>8} {'PSNR':>8} {'SSIM':>8} {'perceptual':>11}")
+        for label, images, sec in (("bicubic (baseline)", bicubic, 0.0), ("latent diffusion SR", ups,
+                                                                         seconds / len(small))):
+            print(f"{label:<44} {sec:>8.2f} {float(psnr(images, originals).mean()):>8.2f} "
+                  f"{float(ssim(images, originals).mean()):>8.4f} {float(perceptual(images, originals).mean()):>11.4f}")
+
+
+if __name__ == "__main__":
+    main()
