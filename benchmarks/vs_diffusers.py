@@ -31,20 +31,10 @@ from latent_diffusion.convert.vae_keys import vae_config_to_diffusers, vae_to_di
 from latent_diffusion.diffusion.schedule import DiffusionConfig
 from latent_diffusion.pipelines import DiffusionComponents, TextToImage
 from latent_diffusion.unet import UNet, UNetConfig
+from unet_speed import best_time  # benchmarks/ is on sys.path when a script here runs
 
 PROMPT = "a red lighthouse at dusk, oil painting"
 SAMPLER, SPACING = "ddim", "trailing"
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Minimum wall time of ``fn`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bf16_usable() -> tuple[bool, str]:

@@ -4,6 +4,7 @@ weights (tiny for CI, full size for the slow tests) and SD single-file checkpoin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -112,3 +113,12 @@ def text_states(components: DiffusionComponents, prompts: list[str]) -> torch.Te
     """The conditioner's token states for ``prompts``."""
     with torch.no_grad():
         return components.conditioner(prompts=prompts)["context"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny models: a second intra-op thread only adds synchronisation on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

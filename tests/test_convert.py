@@ -8,13 +8,12 @@ with diffusers' implementations is in test_diffusers_parity.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from sd_testing import TINY, make_components, single_file_state, text_states
+from sd_testing import TINY, make_components, single_file_state, single_thread, text_states  # noqa: F401 (fixture)
 
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.autoencoder.tiling import decode_latents_tiled, tile_starts, tiled_apply
@@ -34,15 +33,6 @@ from latent_diffusion.diffusion.schedule import DiffusionConfig
 from latent_diffusion.pipelines import load_components
 
 PROMPTS = ["a red lighthouse at dusk", ""]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny models: a second intra-op thread only adds synchronisation on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
-from sd_testing import FULL, TINY, make_components, slow
+from sd_testing import FULL, TINY, make_components, single_thread, slow  # noqa: F401 (fixture)
 
 from latent_diffusion.convert import save_diffusers
 from latent_diffusion.convert.clip_keys import clip_to_hf_state, clip_to_transformers_config
@@ -28,15 +27,6 @@ from latent_diffusion.pipelines.generate import DEFAULT_SPACING
 
 PROMPTS = ["a red lighthouse at dusk, oil painting", ""]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny models: a second intra-op thread only adds synchronisation on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
