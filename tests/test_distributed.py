@@ -2,89 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import os
-import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from latent_diffusion.training import DistributedContext, GradientAccumulator, ShardedSampler, unwrap_model
+from latent_diffusion.training import DistributedContext, ShardedSampler
+
+from ddp_worker import DATASET, data, free_port, grads, loopback_env, model
 
 WORLD = 2
-DATASET = 10
-
-
-def _data() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)
-    weights = {"weight": torch.randn(2, 3, generator=g), "bias": torch.randn(2, generator=g)}
-    return x, y, weights
-
-
-def _model(weights: dict[str, torch.Tensor]) -> nn.Linear:
-    model = nn.Linear(3, 2)
-    model.load_state_dict(weights)
-    return model
-
-
-def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.grad.detach().clone() for name, p in unwrap_model(model).named_parameters()}
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = DistributedContext(device="cpu").init()
-    try:
-        result: dict = {"is_main": ctx.is_main, "rank": ctx.rank}
-        result["mean"] = ctx.all_reduce_mean(torch.tensor([rank + 1.0, 10.0 * (rank + 1)]))
-
-        x, y, weights = _data()
-        rows = slice(4 * rank, 4 * rank + 4)  # each process holds half of the batch of 8
-        model = ctx.wrap(_model(weights))
-        assert isinstance(model, nn.parallel.DistributedDataParallel)
-        nn.functional.mse_loss(model(x[rows]), y[rows]).backward()
-        result["ddp_grads"] = _grads(model)
-
-        model.zero_grad()
-        accumulator = GradientAccumulator(accum_steps=2)
-        for micro in range(2):
-            part = slice(4 * rank + 2 * micro, 4 * rank + 2 * micro + 2)
-            with accumulator.micro_batch(model) as mb:
-                mb.backward(nn.functional.mse_loss(model(x[part]), y[part]))
-            result[f"accum_grads_{micro}"] = _grads(model)
-
-        sampler = ctx.sampler(range(DATASET), shuffle=True, seed=3)
-        sampler.set_epoch(1)
-        result["shards"] = ctx.all_gather_object(list(sampler))
-        ctx.barrier()
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        ctx.cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+WORKER = Path(__file__).with_name("ddp_worker.py")
+RANK_TIMEOUT_S = 300
 
 
 def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
-    # fork (where available) reuses the parent's imported modules; a fresh interpreter per rank
-    # would spend most of the test importing torch again. DDP's constructor imports
-    # torch._dynamo (seconds: sympy, fx) on first use, so import it once here, not per child.
-    with contextlib.suppress(ImportError):
-        importlib.import_module("torch._dynamo")
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True,
-                       start_method=method)
+    # Each rank is a fresh interpreter (not a fork of this multi-threaded pytest process, whose
+    # locks a fork could copy in a held state), bounded by a timeout so a hang fails the test.
+    port = str(free_port())
+    ranks = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=loopback_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank),
+                                               WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)))
+             for rank in range(WORLD)]
+    outputs = []
+    try:
+        for proc in ranks:
+            outputs.append(proc.communicate(timeout=RANK_TIMEOUT_S)[0])
+    except subprocess.TimeoutExpired:
+        for proc in ranks:
+            proc.kill()
+        pytest.fail(f"the two gloo ranks did not finish within {RANK_TIMEOUT_S} s: "
+                    + " | ".join(proc.communicate()[0][-2000:] for proc in ranks))
+    assert [proc.returncode for proc in ranks] == [0, 0], outputs
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert [r["is_main"] for r in results] == [True, False]
 
@@ -92,19 +46,19 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
         torch.testing.assert_close(r["mean"], torch.tensor([1.5, 15.0]))
 
     # Reference: one process, the whole batch of 8 at once.
-    x, y, weights = _data()
-    reference = _model(weights)
+    x, y, weights = data()
+    reference = model(weights)
     nn.functional.mse_loss(reference(x), y).backward()
-    full = _grads(reference)
+    full = grads(reference)
     for r in results:
         for name in full:
             torch.testing.assert_close(r["ddp_grads"][name], full[name])
             torch.testing.assert_close(r["accum_grads_1"][name], full[name])
 
     # The first micro-batch ran under no_sync: rank 0 holds only its own, unaveraged gradient.
-    local = _model(weights)
+    local = model(weights)
     (nn.functional.mse_loss(local(x[0:2]), y[0:2]) / 2).backward()
-    for name, grad in _grads(local).items():
+    for name, grad in grads(local).items():
         torch.testing.assert_close(results[0]["accum_grads_0"][name], grad)
 
     shards = results[0]["shards"]

@@ -41,10 +41,12 @@ def tiny_upscaler():
                       image_condition="low_res", low_res_factor=4)
 
 
-def tiny_generator(upscale: bool = True, max_steps: int = 150) -> Generator:
+TINY_LIMITS = Limits(max_steps=150, max_images=4, max_input_side=256)
+
+
+def tiny_generator(upscale: bool = True) -> Generator:
     text = TextToImage.from_pretrained(tiny_components())
-    return Generator.from_components(text, Upscale.from_pretrained(tiny_upscaler()) if upscale else None,
-                                     Limits(max_steps=max_steps, max_images=4, max_input_side=256))
+    return Generator.from_components(text, Upscale.from_pretrained(tiny_upscaler()) if upscale else None)
 
 
 def png_b64(image: Image.Image, data_url: bool = False) -> str:
@@ -78,7 +80,7 @@ def generator() -> Generator:
 
 @pytest.fixture(scope="module")
 def client(generator: Generator):
-    settings = ServeSettings(max_waiting=2, max_body_bytes=2**20, limits=generator.limits)
+    settings = ServeSettings(max_waiting=2, max_body_bytes=2**20, limits=TINY_LIMITS)
     with TestClient(create_app(generator, settings)) as client:
         yield client
 
@@ -170,6 +172,17 @@ def test_upscale_without_an_upscaler_says_how_to_enable_it() -> None:
         assert client.get("/api/info").json()["tasks"] == ["txt2img", "img2img", "inpaint"]
 
 
+def test_two_apps_on_one_generator_keep_their_own_limits(generator: Generator) -> None:
+    strict = create_app(generator, ServeSettings(limits=Limits(max_steps=3, max_images=1)))
+    loose = create_app(generator, ServeSettings(limits=Limits(max_steps=8, max_images=2)))
+    with TestClient(strict) as a, TestClient(loose) as b:
+        assert a.get("/api/info").json()["limits"]["max_steps"] == 3
+        assert b.get("/api/info").json()["limits"]["max_steps"] == 8
+        refused = a.post("/api/txt2img", json={"prompt": "cat", "steps": 4, "seed": 0})
+        assert refused.status_code == 422 and "(3)" in refused.json()["detail"]
+        assert b.post("/api/txt2img", json={"prompt": "cat", "steps": 4, "seed": 0}).status_code == 200
+
+
 def test_streaming_reports_every_step_then_the_result(client: TestClient) -> None:
     with client.stream("POST", "/api/txt2img?stream=1", json={"prompt": "cat", "steps": 6, "seed": 0}) as response:
         assert response.headers["content-type"].startswith("application/x-ndjson")
@@ -188,7 +201,7 @@ def test_img2img_progress_counts_the_steps_its_strength_runs(client: TestClient)
 
 
 def test_a_waiting_request_streams_its_place_in_line(generator: Generator) -> None:
-    app = create_app(generator, ServeSettings(concurrency=1, max_waiting=2, limits=generator.limits))
+    app = create_app(generator, ServeSettings(concurrency=1, max_waiting=2, limits=TINY_LIMITS))
     with TestClient(app) as client:
         gate = threading.Event()
         blocker = app.state.get_queue().submit(lambda job: gate.wait(10))  # the only worker is busy
@@ -264,7 +277,7 @@ def test_malformed_and_oversized_bodies_are_refused_and_the_server_keeps_serving
 
 
 def test_a_full_queue_answers_429(generator: Generator) -> None:
-    app = create_app(generator, ServeSettings(concurrency=1, max_waiting=0, limits=generator.limits))
+    app = create_app(generator, ServeSettings(concurrency=1, max_waiting=0, limits=TINY_LIMITS))
     with TestClient(app) as client:
         gate = threading.Event()
         blocker = app.state.get_queue().submit(lambda job: gate.wait(10))  # the only worker is busy
@@ -281,8 +294,9 @@ def test_a_full_queue_answers_429(generator: Generator) -> None:
 # ---- over real sockets: disconnects and load ---------------------------------------------------
 @pytest.fixture(scope="module")
 def server(generator: Generator):
-    generator_ = tiny_generator(upscale=False, max_steps=1000)
-    settings = ServeSettings(concurrency=1, max_waiting=8, limits=generator_.limits)
+    generator_ = tiny_generator(upscale=False)
+    limits = Limits(max_steps=1000, max_images=4, max_input_side=256)
+    settings = ServeSettings(concurrency=1, max_waiting=8, limits=limits)
     with BackgroundServer(create_app(generator_, settings)) as server:
         yield server
 

@@ -21,7 +21,7 @@ from PIL import Image
 from latent_diffusion.pipelines import read_generation_metadata
 from latent_diffusion.serve import ServeSettings, create_app
 from latent_diffusion.serve.server import BackgroundServer
-from test_serve_api import picture, tiny_generator
+from test_serve_api import TINY_LIMITS, picture, tiny_generator
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 20_000
@@ -58,7 +58,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server():
     generator = tiny_generator(upscale=False)
-    with BackgroundServer(create_app(generator, ServeSettings(max_waiting=4, limits=generator.limits))) as server:
+    with BackgroundServer(create_app(generator, ServeSettings(max_waiting=4, limits=TINY_LIMITS))) as server:
         yield server
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,8 @@ from latent_diffusion.training.diffusion import DiffusionTrainer, DiffusionTrain
 from latent_diffusion.training.logging import read_metrics
 from latent_diffusion.training.settings import OptimConfig, RunConfig
 from latent_diffusion.unet import UNetConfig
+
+from ddp_worker import free_port, loopback_env
 
 COLORS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (240, 220, 10)}
 
@@ -123,12 +124,14 @@ def test_torchrun_two_processes_match_one_process(workspace: Path) -> None:
     single.save(workspace / "single.yaml")
     double = make_config(workspace, "double", steps=3, batch=2)
     double.save(workspace / "double.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = loopback_env()
+    # Timeouts turn a hung rendezvous into a failure instead of a stalled test run.
     subprocess.run([sys.executable, "-m", "latent_diffusion", "train", "diffusion", "--config",
-                    str(workspace / "single.yaml")], check=True, env=env, capture_output=True)
+                    str(workspace / "single.yaml")], check=True, env=env, capture_output=True, timeout=300)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_port=29533", "-m", "latent_diffusion", "train", "diffusion",
-                             "--config", str(workspace / "double.yaml")], env=env, capture_output=True, text=True)
+                             "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "latent_diffusion",
+                             "train", "diffusion", "--config", str(workspace / "double.yaml")],
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     for part in ("unet", "conditioner"):
         a = load_tensors(workspace / "single" / "final" / f"{part}.safetensors")

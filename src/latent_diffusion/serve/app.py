@@ -175,7 +175,6 @@ def create_app(generator: Generator, settings: ServeSettings | None = None) -> F
     """The FastAPI app serving ``generator``'s pipelines; the queue starts with the app and is
     closed (waiting and running jobs cancelled) when it shuts down."""
     settings = settings or ServeSettings()
-    generator.limits = settings.limits
     queue_holder: dict[str, JobQueue] = {}
 
     @asynccontextmanager
@@ -219,7 +218,7 @@ def create_app(generator: Generator, settings: ServeSettings | None = None) -> F
 
     @app.get("/api/info", summary="Model, tasks, samplers and limits")
     async def info() -> dict[str, Any]:
-        return {**generator.info(), "samplers": sorted(SAMPLERS), "max_waiting": settings.max_waiting,
+        return {**generator.info(settings.limits), "samplers": sorted(SAMPLERS), "max_waiting": settings.max_waiting,
                 "concurrency": settings.concurrency, "version": latent_diffusion.__version__}
 
     @app.get("/api/health", summary="Liveness and the queue's counts")
@@ -235,7 +234,8 @@ def create_app(generator: Generator, settings: ServeSettings | None = None) -> F
 
     async def generate(task: str, body: Any, request: Request, stream: bool) -> Any:
         try:
-            prepared = await asyncio.to_thread(generator.prepare, task, body)  # decoding images is CPU work
+            # Decoding uploaded images is CPU work: off the event loop.
+            prepared = await asyncio.to_thread(generator.prepare, task, body, settings.limits)
         except RequestError as err:
             return _error(err.status, str(err))
         try:

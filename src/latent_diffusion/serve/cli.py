@@ -90,7 +90,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if not args.upscaler.is_dir():
             raise UsageError(f"--upscaler {str(args.upscaler)!r} is not a folder; pass an upscaling model folder")
         upscaler = load_pipeline(args.upscaler, args.device, Upscale)
-    generator = Generator.from_components(text, upscaler, settings.limits)
+    generator = Generator.from_components(text, upscaler)
     if not is_loopback(args.host):
         print(f"ldm serve: warning: binding {args.host} exposes the server (no authentication) to the network",
               file=sys.stderr)

@@ -114,14 +114,12 @@ class Generator:
     """
 
     def __init__(self, text_to_image: Pipeline, image_to_image: Pipeline, inpaint: Pipeline,
-                 upscale: Pipeline | None = None, limits: Limits | None = None) -> None:
+                 upscale: Pipeline | None = None) -> None:
         self.pipelines: dict[str, Pipeline | None] = {"txt2img": text_to_image, "img2img": image_to_image,
                                                       "inpaint": inpaint, "upscale": upscale}
-        self.limits = limits or Limits()
 
     @classmethod
-    def from_pretrained(cls, model: Any = None, upscaler: Any = None, device: str = "cpu",
-                        limits: Limits | None = None) -> Generator:
+    def from_pretrained(cls, model: Any = None, upscaler: Any = None, device: str = "cpu") -> Generator:
         """Load a model folder (None: the shipped default; or components) and optionally an
         upscaling model folder (or components)."""
         from latent_diffusion.pipelines.text_to_image import TextToImage
@@ -131,26 +129,24 @@ class Generator:
             from latent_diffusion.pipelines.upscale import Upscale
 
             upscale = Upscale.from_pretrained(upscaler, device=device)
-        return cls.from_components(TextToImage.from_pretrained(model, device=device), upscale, limits)
+        return cls.from_components(TextToImage.from_pretrained(model, device=device), upscale)
 
     @classmethod
-    def from_components(cls, text_to_image: Pipeline, upscale: Pipeline | None = None,
-                        limits: Limits | None = None) -> Generator:
+    def from_components(cls, text_to_image: Pipeline, upscale: Pipeline | None = None) -> Generator:
         """Image-to-image and inpainting pipelines over ``text_to_image``'s model, plus ``upscale``."""
         from latent_diffusion.pipelines.image_to_image import ImageToImage
         from latent_diffusion.pipelines.inpaint import Inpaint
 
         components, model_hash = text_to_image.components, text_to_image.model_hash
-        return cls(text_to_image, ImageToImage(components, model_hash), Inpaint(components, model_hash), upscale,
-                   limits)
+        return cls(text_to_image, ImageToImage(components, model_hash), Inpaint(components, model_hash), upscale)
 
     @property
     def tasks(self) -> list[str]:
         """The tasks this server can run."""
         return [task for task, pipe in self.pipelines.items() if pipe is not None]
 
-    def info(self) -> dict[str, Any]:
-        """What the page needs to build its form: sizes, tasks, limits."""
+    def info(self, limits: Limits) -> dict[str, Any]:
+        """What the page needs to build its form: sizes, tasks, the server's ``limits``."""
         text = self.pipelines["txt2img"]
         upscale = self.pipelines["upscale"]
         return {
@@ -161,7 +157,7 @@ class Generator:
             "model_hash": text.model_hash,
             "upscale_factor": getattr(upscale, "factor", None),
             "upscale_input_size": None if upscale is None else upscale.native_size // upscale.factor,
-            "limits": asdict(self.limits),
+            "limits": asdict(limits),
         }
 
     # ---- checking ----------------------------------------------------------------------------
@@ -172,8 +168,7 @@ class Generator:
                                "(an upscaling model folder) to turn it on", status=409)
         return pipe
 
-    def _check_common(self, request: Any, pipe: Pipeline) -> int:
-        limits = self.limits
+    def _check_common(self, request: Any, pipe: Pipeline, limits: Limits) -> int:
         if request.steps > limits.max_steps:
             raise RequestError(f"steps={request.steps} is more than this server allows ({limits.max_steps})")
         if request.num_images > limits.max_images:
@@ -187,8 +182,8 @@ class Generator:
             raise RequestError(str(err)) from err
         return seed
 
-    def _input_image(self, request: Any, pipe: Pipeline) -> Any:
-        image = decode_image(request.image, "image", self.limits.max_input_side)
+    def _input_image(self, request: Any, pipe: Pipeline, limits: Limits) -> Any:
+        image = decode_image(request.image, "image", limits.max_input_side)
         picture = to_model_mode(image, pipe.components.autoencoder.config.out_channels)
         try:
             check_square(picture)
@@ -196,10 +191,11 @@ class Generator:
             raise RequestError(str(err)) from err
         return picture
 
-    def prepare(self, task: str, request: Any) -> PreparedJob:
-        """Check ``request`` for ``task`` and return the job to queue; RequestError on bad input."""
+    def prepare(self, task: str, request: Any, limits: Limits) -> PreparedJob:
+        """Check ``request`` for ``task`` within ``limits`` (the server's) and return the job to
+        queue; RequestError on bad input."""
         pipe = self._pipeline(task)
-        seed = self._check_common(request, pipe)
+        seed = self._check_common(request, pipe, limits)
         common = dict(num_images=request.num_images, steps=request.steps, sampler=request.sampler,
                       guidance=request.guidance, negative_prompt=request.negative_prompt, seed=seed,
                       rescale=request.rescale, progress=False)
@@ -208,18 +204,18 @@ class Generator:
             args, kwargs = (request.prompt,), {}
         elif isinstance(request, Img2ImgRequest):
             strength = request.strength
-            args, kwargs = (self._input_image(request, pipe), request.prompt), {"strength": strength}
+            args, kwargs = (self._input_image(request, pipe, limits), request.prompt), {"strength": strength}
         elif isinstance(request, InpaintRequest):
             strength = request.strength
-            picture = self._input_image(request, pipe)
-            mask = decode_image(request.mask, "mask", self.limits.max_input_side)
+            picture = self._input_image(request, pipe, limits)
+            mask = decode_image(request.mask, "mask", limits.max_input_side)
             try:
                 read_mask(mask, picture)  # size and binary-ness, the pipeline's own rule, before queueing
             except ValueError as err:
                 raise RequestError(str(err)) from err
             args, kwargs = (picture, mask, request.prompt), {"strength": strength}
         elif isinstance(request, UpscaleRequest):
-            picture = self._input_image(request, pipe)
+            picture = self._input_image(request, pipe, limits)
             side = picture.size[0] * pipe.factor
             try:
                 pipe.check_size(side)
