@@ -50,7 +50,8 @@ def sr_config(root: Path, run: str, steps: int = 4):
                             low_res_factor=2)
     return config.replace(conditioner=config.conditioner.replace(kind="none"),
                           unet=config.unet.replace(context_dim=None, concat_channels=3),
-                          preview=config.preview.replace(prompts=("", "")))
+                          preview=config.preview.replace(prompts=("", "")),
+                          run=config.run.replace(image_every=2))  # unconditional previews run too
 
 
 def test_init_from_widens_the_input_and_keeps_the_function(workspace: Path) -> None:  # noqa: F811

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_diffusion.cli import UsageError
+from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME, UPSCALE_MODEL_NAME
 from latent_diffusion.sampling import SAMPLERS
 
 DEFAULT_STEM = "ldm-{seed}"
@@ -63,11 +64,12 @@ def register(subparsers: Any) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", type=Path, metavar="IN", help="the low-resolution input image (square)")
     parser.add_argument("--prompt", default="", help='the text prompt, for text-conditioned upscalers (default "")')
-    _add_common_arguments(parser, guidance=1.0, size=False)
+    _add_common_arguments(parser, guidance=1.0, size=False, default_model=UPSCALE_MODEL_NAME)
     parser.set_defaults(func=run_upscale)
 
 
-def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0, size: bool = True) -> None:
+def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0, size: bool = True,
+                          default_model: str = DEFAULT_MODEL_NAME) -> None:
     parser.add_argument("-n", "--num-images", type=int, default=1, help="images to make (default 1)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--sampler", default="dpmpp_2m",
@@ -80,7 +82,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
     if size:
         parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's own)")
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
-                        help="model folder (default: the shipped models/emoji-64)")
+                        help=f"model folder (default: the shipped models/{default_model})")
     parser.add_argument("-o", "--output", type=Path, default=None, metavar="PATH",
                         help="PNG to write; several images become PATH-0.png, PATH-1.png, ... "
                              "(default: ldm-SEED.png in the current folder; a folder: that name inside it)")

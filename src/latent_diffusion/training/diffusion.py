@@ -335,6 +335,8 @@ class DiffusionTrainer:
         prompts = list(preview.prompts)
         if self.conditioner.kind == "class":
             cond = self.conditioner(labels=prompts)
+        elif self.conditioner.kind == "none":  # the prompts only count the samples
+            cond = self.conditioner(batch_size=len(prompts))
         else:
             cond = self.conditioner(prompts=prompts)
         uncond = self.conditioner.unconditional(len(prompts))
