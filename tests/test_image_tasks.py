@@ -306,6 +306,7 @@ def test_cli_img2img_and_inpaint_write_pngs_with_their_inputs(files: Path, capsy
     (["inpaint", "--image", "in.png", "--mask", "small-mask.png"], "mask is 8x8 but the image is 16x16"),
     (["inpaint", "--image", "in.png", "--mask", "grey-mask.png"], "mask is not binary"),
     (["inpaint", "--image", "in.png", "--mask", "mask.png", "--method", "concat"], "needs an inpainting model"),
+    (["upscale", "in.png"], "Upscale cannot use this model"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_no_file(files: Path, capsys, args: list[str], match: str) -> None:
     before = sorted(p.name for p in files.iterdir())
@@ -325,3 +326,11 @@ def test_vae_tiling_in_the_pipeline_matches_untiled_decoding_closely(components)
     diff = np.abs(np.asarray(tiled[0]).astype(int) - np.asarray(whole[0]))
     assert diff.max() > 0  # the tiled path really ran
     assert diff.mean() < 8  # a random decoder is not local, so seams differ, but only slightly
+
+
+def test_cli_upscale_needs_a_model_folder(files: Path, capsys) -> None:
+    # No upscaler ships, so there is no default that could work: argparse asks for --model.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["upscale", "in.png", "--no-progress"])
+    assert exit_info.value.code == 2 and "--model" in capsys.readouterr().err
+

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from latent_diffusion.conditioning.image import low_res_condition
-from latent_diffusion.pipelines.base import UPSCALE_MODEL_NAME, GenerationResult, Pipeline, check_arguments
+from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, input_hash, read_image
 
 
@@ -25,7 +25,6 @@ class Upscale(Pipeline):
     """Upscale an image by the model's ``low_res_factor`` (see the module docstring)."""
 
     image_conditions = ("low_res",)
-    default_model = UPSCALE_MODEL_NAME
 
     @property
     def factor(self) -> int:
