@@ -32,7 +32,7 @@ from latent_diffusion.evaluation.fid import fid_from_features
 from latent_diffusion.evaluation.inception import InceptionFeatures
 from latent_diffusion.evaluation.reconstruction import default_perceptual, psnr, ssim
 from latent_diffusion.pipelines import ImageToImage, Inpaint, Upscale, default_model_folder
-from latent_diffusion.pipelines.generate import decode_images, encode_images
+from latent_diffusion.pipelines.generate import decode_images, encode_images, images_to_pil
 
 MASK_SEED = 1234
 TASKS = ("inpaint", "img2img", "sr")
@@ -105,13 +105,15 @@ def print_super_resolution(upscaler: Upscale, originals: torch.Tensor, steps: in
                                                            align_corners=False).clamp(-1, 1))
     # A latent model can do no better than its autoencoder's reconstruction of the original: the
     # ceiling of every latent SR score (8-bit, as the pipelines' PNGs are).
-    ceiling, ceiling_seconds = timed(lambda: decode_images(upscaler.components,
-                                                           encode_images(upscaler.components, originals)))
-    ceiling = ((ceiling + 1) * 127.5).round() / 127.5 - 1
+    components = upscaler.components
+    ceiling, ceiling_seconds = timed(lambda: images_to_pil(decode_images(components,
+                                                                         encode_images(components, originals))))
     print(f"\n{'super-resolution x' + str(factor):<44} {'s/image':>8} {'PSNR':>8} {'SSIM':>8} {'perceptual':>11}")
-    for label, images, sec in (("bicubic (baseline)", bicubic, bicubic_seconds / len(small)),
-                               ("latent diffusion SR", to_tensor(ups), seconds / len(small)),
-                               ("autoencoder reconstruction (SR ceiling)", ceiling, ceiling_seconds / len(small))):
+    rows = (("bicubic (baseline)", bicubic, bicubic_seconds),
+            ("latent diffusion SR", to_tensor(ups), seconds),
+            ("autoencoder reconstruction (SR ceiling)", to_tensor(ceiling), ceiling_seconds))
+    for label, images, total in rows:
+        sec = total / len(small)
         print(f"{label:<44} {sec:>8.4f} {float(psnr(images, originals).mean()):>8.2f} "
               f"{float(ssim(images, originals).mean()):>8.4f} {float(perceptual(images, originals).mean()):>11.4f}")
 

@@ -9,6 +9,7 @@ import io
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -295,8 +296,7 @@ def test_a_full_queue_answers_429(generator: Generator) -> None:
 @pytest.fixture(scope="module")
 def server(generator: Generator):
     generator_ = tiny_generator(upscale=False)
-    limits = Limits(max_steps=1000, max_images=4, max_input_side=256)
-    settings = ServeSettings(concurrency=1, max_waiting=8, limits=limits)
+    settings = ServeSettings(concurrency=1, max_waiting=8, limits=replace(TINY_LIMITS, max_steps=1000))
     with BackgroundServer(create_app(generator_, settings)) as server:
         yield server
 
