@@ -192,6 +192,7 @@ def test_streaming_reports_every_step_then_the_result(client: TestClient) -> Non
     assert progress[-1] == 6 and progress == sorted(progress) and len(set(progress)) >= 3
     assert all(e["total"] == 6 for e in events if e["event"] == "progress")
     assert events[-1]["event"] == "result" and events[-1]["result"]["seed"] == 0
+    assert (events[-2]["event"], events[-2]["step"]) == ("progress", 6)  # the last step, never coalesced away
 
 
 def test_img2img_progress_counts_the_steps_its_strength_runs(client: TestClient) -> None:

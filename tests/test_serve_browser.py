@@ -74,10 +74,16 @@ def test_generate_then_paint_a_mask_and_inpaint(browser, server: BackgroundServe
     page.goto(server.url)
     page.wait_for_selector("#sampler option[value=euler]", state="attached")
     # Keep every status text the page shows, so the per-step progress can be checked afterwards.
+    # Each mutation record's own text: several events read in one chunk change the status several
+    # times before the observer runs, and reading the element then would see only the last one.
     page.evaluate("""() => {
         window.statuses = [];
-        new MutationObserver(() => window.statuses.push(document.getElementById('status').textContent))
-            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+        new MutationObserver(records => {
+            for (const r of records) {
+                if (r.type === 'characterData') window.statuses.push(r.target.textContent);
+                for (const node of r.addedNodes) window.statuses.push(node.textContent);
+            }
+        }).observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
     }""")
 
     # ---- text to image, random seed ----

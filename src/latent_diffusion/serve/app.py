@@ -259,10 +259,15 @@ def create_app(generator: Generator, settings: ServeSettings | None = None) -> F
         return _error(status, message)
 
     async def _stream(job: Job, request: Request) -> AsyncIterator[bytes]:
+        reported_step = None
         try:
             async for snapshot in _follow(job, request):
                 event = "queued" if snapshot["state"] == "waiting" else "progress"
                 if snapshot["state"] == DONE:
+                    # Snapshots coalesce steps that come faster than the client reads; the last
+                    # step is always reported before the result, so a progress bar ends full.
+                    if snapshot["step"] != reported_step:
+                        yield (json.dumps({"event": "progress", **snapshot}) + "\n").encode()
                     payload = job.result.model_dump()
                     yield (json.dumps({"event": "result", **snapshot, "result": payload}) + "\n").encode()
                 elif snapshot["state"] in (FAILED, CANCELLED):
@@ -270,6 +275,7 @@ def create_app(generator: Generator, settings: ServeSettings | None = None) -> F
                     yield (json.dumps({"event": "error", **snapshot, "status": status, "detail": message})
                            + "\n").encode()
                 else:
+                    reported_step = snapshot["step"] if event == "progress" else reported_step
                     yield (json.dumps({"event": event, **snapshot}) + "\n").encode()
         finally:
             if not job.finished:
