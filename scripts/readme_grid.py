@@ -4,7 +4,7 @@
     python scripts/readme_grid.py --model runs/x/final -o grid.png --scale 3
 
 Each row is one prompt (written at its left), each column one seed; images are enlarged with
-nearest-neighbour sampling so that the 64 px pixels stay visible. The same command always makes
+nearest-neighbour sampling (to 128 px cells by default) so that the model's pixels stay visible. The same command always makes
 the same picture (the seeds are fixed), so a change in it is a change in the model.
 """
 
@@ -21,11 +21,12 @@ PROMPTS = ("grinning face", "red apple", "cat face", "pile of poo", "thumbs up",
 SEEDS = (0, 1, 2, 3)
 LABEL_WIDTH = 120
 PAD = 4
+CELL = 128  # default cell size in px
 
 
-def make_grid(pipe: TextToImage, prompts: tuple[str, ...], seeds: tuple[int, ...], scale: int) -> Image.Image:
-    """One row per prompt, one column per seed, default sampling settings."""
-    size = pipe.native_size * scale
+def make_grid(pipe: TextToImage, prompts: tuple[str, ...], seeds: tuple[int, ...], scale: int | None) -> Image.Image:
+    """One row per prompt, one column per seed, default sampling settings; ``scale`` None: 128 px cells."""
+    size = pipe.native_size * (scale or max(1, CELL // pipe.native_size))
     grid = Image.new("RGB", (LABEL_WIDTH + len(seeds) * (size + PAD) + PAD, len(prompts) * (size + PAD) + PAD),
                      "white")
     draw = ImageDraw.Draw(grid)
@@ -40,9 +41,10 @@ def make_grid(pipe: TextToImage, prompts: tuple[str, ...], seeds: tuple[int, ...
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped models/emoji-64)")
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped default model)")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/samples.png"))
-    parser.add_argument("--scale", type=int, default=2, help="enlargement factor (default 2)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help=f"enlargement factor (default: {CELL} px cells, 2 for a 64 px model)")
     args = parser.parse_args()
     grid = make_grid(TextToImage.from_pretrained(args.model), PROMPTS, SEEDS, args.scale)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -198,16 +198,17 @@ def test_reading_metadata_of_a_foreign_png_fails_clearly(tmp_path: Path) -> None
 
 def test_missing_default_model_says_how_to_choose_another(monkeypatch, tmp_path: Path) -> None:
     default = pipeline_base.default_model_folder()
-    assert default.parts[-2:] == ("models", "emoji-64")
+    assert default.parts[-2:] == ("models", pipeline_base.DEFAULT_MODEL_NAME)
     assert (default.parents[1] / "src" / "latent_diffusion").is_dir()  # the source tree's root
-    monkeypatch.setattr(pipeline_base, "default_model_folder", lambda: tmp_path / "models" / "emoji-64")
+    missing = tmp_path / "models" / pipeline_base.DEFAULT_MODEL_NAME
+    monkeypatch.setattr(pipeline_base, "default_model_folder", lambda: missing)
     with pytest.raises(FileNotFoundError, match=r"default model folder .* does not exist.*--model PATH"):
         TextToImage.from_pretrained()
 
 
 def test_default_model_with_minilm_conditioner(monkeypatch, tmp_path: Path) -> None:
     """The shipped model's kind: MiniLM comes from its package, not from the folder."""
-    folder = tiny_model_folder(tmp_path / "models" / "emoji-64", kind="minilm")
+    folder = tiny_model_folder(tmp_path / "models" / pipeline_base.DEFAULT_MODEL_NAME, kind="minilm")
     monkeypatch.setattr(pipeline_base, "default_model_folder", lambda: folder)
     pipe = TextToImage.from_pretrained()
     a = pixels(pipe("a red heart", steps=2, progress=False))

@@ -33,13 +33,13 @@ from latent_diffusion.pipelines.png import GenerationMetadata
 from latent_diffusion.sampling import SAMPLERS
 from latent_diffusion.validation import check_choice, check_in_range, check_positive
 
-DEFAULT_MODEL_NAME = "emoji-64"
+DEFAULT_MODEL_NAME = "emoji-32"
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 MAX_IMAGES = 10_000  # one batch; far beyond memory anyway, but catches a typo before any work
 
 
 def default_model_folder() -> Path:
-    """The shipped model folder, ``models/emoji-64`` at the root of the source tree."""
+    """The shipped default model folder, ``models/<DEFAULT_MODEL_NAME>`` at the root of the source tree."""
     return Path(latent_diffusion.__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
 
 
@@ -163,7 +163,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path | DiffusionComponents | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> Pipeline:
-        """Load a model folder (None: the shipped ``models/emoji-64``) or wrap components.
+        """Load a model folder (None: the shipped default, ``models/<DEFAULT_MODEL_NAME>``) or wrap components.
 
         Components passed in are moved to ``device``/``dtype`` in place; their ``model_hash``
         is None because they were never saved.

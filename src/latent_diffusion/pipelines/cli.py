@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_diffusion.cli import UsageError
+from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME
 from latent_diffusion.sampling import SAMPLERS
 
 DEFAULT_STEM = "ldm-{seed}"
@@ -63,7 +64,7 @@ def register(subparsers: Any) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", type=Path, metavar="IN", help="the low-resolution input image (square)")
     parser.add_argument("--prompt", default="", help='the text prompt, for text-conditioned upscalers (default "")')
-    # No upscaler ships (on the shipped 64 px autoencoder none can beat bicubic: see the README),
+    # No upscaler ships (on the 64 px autoencoder of models/emoji-64 none beat bicubic: see the README),
     # so the model is named, not defaulted to the text-to-image model.
     _add_common_arguments(parser, guidance=1.0, size=False, model_help="a super-resolution model folder "
                           "(image_condition low_res), e.g. runs/emoji-sr-x4/final of configs/emoji-sr-x4.yaml")
@@ -86,7 +87,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
     if size:
         parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's own)")
     parser.add_argument("--model", type=Path, default=None, metavar="PATH", required=model_help is not None,
-                        help=model_help or "model folder (default: the shipped models/emoji-64)")
+                        help=model_help or f"model folder (default: the shipped models/{DEFAULT_MODEL_NAME})")
     parser.add_argument("-o", "--output", type=Path, default=None, metavar="PATH",
                         help="PNG to write; several images become PATH-0.png, PATH-1.png, ... "
                              "(default: ldm-SEED.png in the current folder; a folder: that name inside it)")

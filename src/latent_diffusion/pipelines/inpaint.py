@@ -96,14 +96,15 @@ class Inpaint(Pipeline):
         timings: dict[str, float] = {}
         start = time.perf_counter()
         init = encode_images(self.components, pixels).float().cpu()
-        keep, image_condition = None, None
-        if method == "concat":
-            def image_condition() -> dict:
-                concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
-                return {"concat": concat.expand(count, -1, -1, -1)}
-        else:
+
+        def concat_condition() -> dict:
+            concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
+            return {"concat": concat.expand(count, -1, -1, -1)}
+
+        keep = None
+        if method == "masked":
             keep = latent_keep_mask(hole, self.components.autoencoder.downsampling_factor).expand(count, -1, -1, -1)
-        cond, uncond = self._encode(batch, timings, image_condition)
+        cond, uncond = self._encode(batch, timings, concat_condition if method == "concat" else None)
         timings["encode"] = time.perf_counter() - start  # the image's encoding and the prompts'
         sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
                         latent_size=init.shape[-1], init_latents=init.expand(count, -1, -1, -1),

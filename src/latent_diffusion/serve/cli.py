@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_diffusion.cli import UsageError
+from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME
 
 
 def register(subparsers: Any) -> None:
@@ -23,7 +24,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("serve", help="serve a web page and an HTTP API for generation",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
-                        help="model folder (default: the shipped models/emoji-64)")
+                        help=f"model folder (default: the shipped models/{DEFAULT_MODEL_NAME})")
     parser.add_argument("--upscaler", type=Path, default=None, metavar="PATH",
                         help="upscaling model folder; turns on the upscale tab and /api/upscale")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
