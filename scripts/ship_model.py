@@ -5,24 +5,51 @@
         --data "emoji 16.0 (npm emoji-datasource-twitter), Twitter base emoji"
 
 The source's ``model_index.json`` fields (e.g. ``training_steps``) are kept; ``--training`` and
-``--data`` are added to it. The destination must not exist (written atomically). Check the
+``--data`` are added to it, and ``--training-steps`` replaces the run's own count for a run that
+started from another model (``init_from``). ``--autoencoder`` ships a decoder fine-tune
+(``ldm train autoencoder`` with ``train: decoder``) in place of SRC's autoencoder, after checking
+that it makes the same latents. The destination must not exist (written atomically). Check the
 fp16 copy with ``ldm eval`` before shipping it: the model card's figures are of the fp16 folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from latent_diffusion.pipelines import load_components, save_components
+from latent_diffusion.autoencoder import Autoencoder
+from latent_diffusion.pipelines import DiffusionComponents, load_components, save_components
 from latent_diffusion.pipelines.components import read_index
+from latent_diffusion.training.autoencoder import ENCODER_SIDE
+from latent_diffusion.training.diffusion import load_autoencoder
 
 # model_index.json fields save_components writes itself.
 STRUCTURAL = {"format", "version", "resolution", "autoencoder", "unet", "conditioner", "diffusion",
               "image_condition", "low_res_factor"}
+
+
+def with_decoder_of(components: DiffusionComponents, folder: Path) -> DiffusionComponents:
+    """``components`` with the autoencoder of ``folder``, a ``train: decoder`` fine-tune of its own.
+
+    Refused unless the new autoencoder makes the same latents at fp16 (encoder weights and
+    scale factor): a UNet only works on the latents it was trained on.
+    """
+    new: Autoencoder = load_autoencoder(folder)
+    old = components.autoencoder
+    if new.config.scale_factor != old.config.scale_factor:
+        raise ValueError(f"{folder}: scale factor {new.config.scale_factor} is not the model's "
+                         f"{old.config.scale_factor}; ship a decoder fine-tune (train: decoder) of this model's autoencoder")
+    old_state, new_state = old.state_dict(), new.state_dict()
+    changed = [k for k in old_state if k.split(".")[0] in ENCODER_SIDE
+               and not torch.equal(old_state[k].half(), new_state[k].half())]
+    if changed:
+        raise ValueError(f"{folder}: its encoder differs from the model's ({changed[0]}, ...); the UNet would "
+                         "see other latents. Ship a decoder fine-tune (train: decoder) of this model's autoencoder")
+    return dataclasses.replace(components, autoencoder=new)
 
 
 def main() -> None:
@@ -31,6 +58,11 @@ def main() -> None:
     parser.add_argument("dst", type=Path, help="the folder to create, e.g. models/<name>")
     parser.add_argument("--training", type=json.loads, default=None, help="JSON: stages, configs, steps, minutes")
     parser.add_argument("--data", default=None, help="one line: the data it was trained on")
+    parser.add_argument("--autoencoder", type=Path, default=None,
+                        help="ship this decoder fine-tune (train: decoder) of SRC's autoencoder in its place")
+    parser.add_argument("--training-steps", type=int, default=None,
+                        help="UNet steps in all, when the run started from another model's weights "
+                             "(init_from): the run itself counts only its own")
     args = parser.parse_args()
     if args.dst.exists():
         parser.error(f"{args.dst} exists; remove it or choose another destination")
@@ -39,11 +71,20 @@ def main() -> None:
         components = load_components(args.src)
     except (OSError, ValueError, KeyError) as err:
         parser.error(f"cannot load {args.src}: {err}")
+    if args.autoencoder is not None:
+        try:
+            components = with_decoder_of(components, args.autoencoder)
+        except (OSError, ValueError, KeyError) as err:
+            parser.error(f"--autoencoder: {err}")
     extra = {k: v for k, v in index.items() if k not in STRUCTURAL}
     if args.training is not None:
         extra["training"] = args.training
     if args.data is not None:
         extra["data"] = args.data
+    if args.training_steps is not None:
+        if args.training_steps < 1:
+            parser.error(f"--training-steps {args.training_steps} must be >= 1")
+        extra["training_steps"] = args.training_steps
     save_components(components, args.dst, dtype=torch.float16, extra=extra)
     size = sum(p.stat().st_size for p in args.dst.iterdir()) / 2**20
     print(f"wrote {args.dst} ({size:.1f} MB, fp16)")

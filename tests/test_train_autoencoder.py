@@ -113,3 +113,30 @@ def test_mismatched_regularizers_are_rejected(images: Path, tmp_path: Path) -> N
     config = make_config(images, tmp_path / "run")
     with pytest.raises(ValueError, match="loss.regularizer='vq' must equal model.regularizer='kl'"):
         config.replace(loss=config.loss.replace(regularizer="vq"))
+
+
+def test_decoder_fine_tune_keeps_the_latents_and_their_scale(images: Path, tmp_path: Path) -> None:
+    source = AutoencoderTrainer(make_config(images, tmp_path / "base", steps=2)).train()
+    config = make_config(images, tmp_path / "decoder", steps=3, perceptual=1.0, disc_start=0)
+    config = config.replace(init_from=str(source), train="decoder")
+    final = AutoencoderTrainer(config).train()
+    before, after = load_tensors(source / "autoencoder.safetensors"), load_tensors(final / "autoencoder.safetensors")
+    encoder_side = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder_side = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder_side and decoder_side and len(encoder_side) + len(decoder_side) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in encoder_side)  # same latents, bit for bit
+    assert not all(torch.equal(before[k], after[k]) for k in decoder_side)
+    scale = lambda folder: AutoencoderConfig.load(folder / "autoencoder.json").scale_factor  # noqa: E731
+    assert scale(final) == scale(source)  # the UNet's latent scaling still holds
+
+
+def test_decoder_fine_tune_needs_a_matching_source(images: Path, tmp_path: Path) -> None:
+    config = make_config(images, tmp_path / "run")
+    with pytest.raises(ValueError, match="train: decoder fine-tunes a trained autoencoder's decoder; set init_from"):
+        config.replace(train="decoder")
+    with pytest.raises(FileNotFoundError, match="has no autoencoder.json"):
+        AutoencoderTrainer(config.replace(init_from=str(tmp_path / "nowhere"), train="decoder"))
+    source = AutoencoderTrainer(make_config(images, tmp_path / "base", steps=1)).train()
+    wider = config.replace(model=config.model.replace(base_channels=16), init_from=str(source))
+    with pytest.raises(ValueError, match="differs from the configured one"):
+        AutoencoderTrainer(wider)

@@ -6,6 +6,10 @@ real images and detached reconstructions. At the end the latent scale factor (1 
 latents of a sample of training images, Stable Diffusion's 0.18215 came from this) is measured
 and stored in the exported autoencoder's config.
 
+``train: decoder`` fine-tunes only the decoder of a trained autoencoder (``init_from``): the
+encoder is frozen, so the latents, their scale factor and every UNet trained on them stay valid
+while reconstructions sharpen (Stable Diffusion's ft-EMA / ft-MSE VAE decoders were made so).
+
 Data order is a pure function of ``(seed, step)`` and every random draw of a step comes from a
 generator seeded by ``(seed, step, rank)``, so runs are reproducible and resume exactly.
 Under ``torchrun`` gradients are averaged across processes by an explicit all-reduce after each
@@ -19,6 +23,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -26,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
-from latent_diffusion.io import atomic_directory, save_module
+from latent_diffusion.io import atomic_directory, load_state_strict, load_tensors, save_module
 from latent_diffusion.losses import AutoencoderLoss, AutoencoderLossConfig
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
@@ -34,7 +39,10 @@ from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
-from latent_diffusion.validation import check_positive
+from latent_diffusion.validation import check_choice, check_positive
+
+# What ``train: decoder`` freezes: everything that decides the latents.
+ENCODER_SIDE = ("encoder", "quant_conv", "quantize")
 
 
 @dataclass
@@ -48,9 +56,17 @@ class AutoencoderTrainingConfig(Config):
     disc_lr: float | None = None  # None: the autoencoder's learning rate
     run: RunConfig = field(default_factory=RunConfig)
     scale_factor_samples: int = 512
+    # A trained autoencoder (a folder with autoencoder.json: a run's final/ or a model folder) whose
+    # weights start this run; on --resume the checkpoint's weights replace them.
+    init_from: str | None = None
+    train: Literal["all", "decoder"] = "all"  # decoder: see the module docstring
 
     def __post_init__(self) -> None:
         check_positive("scale_factor_samples", self.scale_factor_samples)
+        check_choice("train", self.train, ("all", "decoder"))
+        if self.train == "decoder" and not self.init_from:
+            raise ValueError("train: decoder fine-tunes a trained autoencoder's decoder; set init_from to its "
+                             "folder (a run's final/ or a model folder), or use train: all")
         if self.loss.regularizer != self.model.regularizer:
             raise ValueError(
                 f"loss.regularizer={self.loss.regularizer!r} must equal model.regularizer="
@@ -97,10 +113,17 @@ class AutoencoderTrainer:
         self.device = self.ctx.device
         self.run_dir = Path(config.run.run_dir)
         torch.manual_seed(config.run.seed)  # identical initial weights on every rank
-        self.model = Autoencoder(config.model).to(self.device)
+        self.model = Autoencoder(config.model)
+        self.source_scale_factor = self._init_from(config.init_from) if config.init_from else None
+        if config.train == "decoder":
+            for name in ENCODER_SIDE:
+                if hasattr(self.model, name):
+                    getattr(self.model, name).requires_grad_(False)
+        self.model = self.model.to(self.device)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.loss = AutoencoderLoss(config.loss).to(self.device)
         self.train_set = dataset_from_config(config.data, "train")
-        self.optimizer = build_optimizer(self.model.parameters(), lr=config.optim.lr,
+        self.optimizer = build_optimizer(self.trainable, lr=config.optim.lr,
                                          weight_decay=config.optim.weight_decay, betas=config.optim.betas)
         self.disc_optimizer = build_optimizer(self.loss.discriminator.parameters(),
                                               lr=config.disc_lr or config.optim.lr,
@@ -111,6 +134,20 @@ class AutoencoderTrainer:
         self.step = 0
         if resume:
             self._resume()
+
+    def _init_from(self, folder: str | Path) -> float:
+        """Load the autoencoder of ``folder`` into the model; returns its scale factor."""
+        folder = Path(folder)
+        if not (folder / "autoencoder.json").is_file():
+            raise FileNotFoundError(f"init_from={str(folder)!r} has no autoencoder.json; point it at a trained "
+                                    "autoencoder (a run's final/ folder or a model folder such as models/emoji-32)")
+        source = AutoencoderConfig.load(folder / "autoencoder.json")
+        if source.replace(scale_factor=self.config.model.scale_factor) != self.config.model:
+            raise ValueError(f"init_from={str(folder)!r}: its autoencoder differs from the configured one; copy "
+                             f"the model section from {str(folder / 'autoencoder.json')!r}")
+        state = {k: v.float() for k, v in load_tensors(folder / "autoencoder.safetensors").items()}
+        load_state_strict(self.model, state, str(folder / "autoencoder.safetensors"))
+        return source.scale_factor
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.config.run.precision, self.device)
@@ -130,7 +167,7 @@ class AutoencoderTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         self.ctx.average_gradients(self.model)
-        logs["grad_norm"] = clip_grad(self.model.parameters(), cfg.optim.grad_clip)
+        logs["grad_norm"] = clip_grad(self.trainable, cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         discriminator.requires_grad_(True)
@@ -211,8 +248,14 @@ class AutoencoderTrainer:
         return 1.0 / std
 
     def export(self, folder: Path) -> Path:
-        """Write ``autoencoder.json`` (with the measured scale factor) and its weights to ``folder``."""
-        config = self.config.model.replace(scale_factor=self.measure_scale_factor())
+        """Write ``autoencoder.json`` (with the scale factor) and its weights to ``folder``.
+
+        The scale factor is measured, except after ``train: decoder``: the latents are the
+        source's, and UNets trained on them were scaled by the source's factor, so it is kept.
+        """
+        keep = self.config.train == "decoder" and self.source_scale_factor is not None
+        scale = self.source_scale_factor if keep else self.measure_scale_factor()
+        config = self.config.model.replace(scale_factor=scale)
         self.model.config = config
         with atomic_directory(folder) as tmp:
             save_module(self.model, config, tmp, "autoencoder")
