@@ -17,8 +17,8 @@ import dataclasses
 import numpy as np
 from readme_grid import PROMPTS
 
+from latent_diffusion.autoencoder import load_autoencoder
 from latent_diffusion.pipelines import TextToImage, load_components
-from latent_diffusion.training.diffusion import load_autoencoder
 
 
 def main() -> None:

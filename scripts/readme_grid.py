@@ -4,8 +4,9 @@
     python scripts/readme_grid.py --model runs/x/final -o grid.png --scale 3
 
 Each row is one prompt (written at its left), each column one seed; images are enlarged with
-nearest-neighbour sampling (to 128 px cells by default) so that the model's pixels stay visible. The same command always makes
-the same picture (the seeds are fixed), so a change in it is a change in the model.
+nearest-neighbour sampling (to 128 px cells by default) so that the model's pixels stay visible.
+The same command always makes the same picture (the seeds are fixed), so a change in it is a
+change in the model.
 """
 
 from __future__ import annotations

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from latent_diffusion.autoencoder import Autoencoder
+from latent_diffusion.autoencoder import Autoencoder, load_autoencoder
 from latent_diffusion.pipelines import DiffusionComponents, load_components, save_components
 from latent_diffusion.pipelines.components import read_index
 from latent_diffusion.training.autoencoder import ENCODER_SIDE
-from latent_diffusion.training.diffusion import load_autoencoder
 
 # model_index.json fields save_components writes itself.
 STRUCTURAL = {"format", "version", "resolution", "autoencoder", "unet", "conditioner", "diffusion",
@@ -64,6 +63,8 @@ def main() -> None:
                         help="UNet steps in all, when the run started from another model's weights "
                              "(init_from): the run itself counts only its own")
     args = parser.parse_args()
+    if args.training_steps is not None and args.training_steps < 1:
+        parser.error(f"--training-steps {args.training_steps} must be >= 1")
     if args.dst.exists():
         parser.error(f"{args.dst} exists; remove it or choose another destination")
     try:  # the library's own checks: one line naming what is wrong with the folder
@@ -82,8 +83,6 @@ def main() -> None:
     if args.data is not None:
         extra["data"] = args.data
     if args.training_steps is not None:
-        if args.training_steps < 1:
-            parser.error(f"--training-steps {args.training_steps} must be >= 1")
         extra["training_steps"] = args.training_steps
     save_components(components, args.dst, dtype=torch.float16, extra=extra)
     size = sum(p.stat().st_size for p in args.dst.iterdir()) / 2**20

@@ -134,7 +134,7 @@ def test_decoder_fine_tune_needs_a_matching_source(images: Path, tmp_path: Path)
     config = make_config(images, tmp_path / "run")
     with pytest.raises(ValueError, match="train: decoder fine-tunes a trained autoencoder's decoder; set init_from"):
         config.replace(train="decoder")
-    with pytest.raises(FileNotFoundError, match="has no autoencoder.json"):
+    with pytest.raises(FileNotFoundError, match="init_from=.* has no autoencoder.json; .* point `init_from:`"):
         AutoencoderTrainer(config.replace(init_from=str(tmp_path / "nowhere"), train="decoder"))
     source = AutoencoderTrainer(make_config(images, tmp_path / "base", steps=1)).train()
     wider = config.replace(model=config.model.replace(base_channels=16), init_from=str(source))

@@ -2,7 +2,7 @@
 
 from latent_diffusion.autoencoder.blocks import AttnBlock, Decoder, Downsample, Encoder, ResnetBlock, Upsample
 from latent_diffusion.autoencoder.kl import DiagonalGaussian
-from latent_diffusion.autoencoder.model import Autoencoder, AutoencoderConfig, Posterior
+from latent_diffusion.autoencoder.model import Autoencoder, AutoencoderConfig, Posterior, load_autoencoder
 from latent_diffusion.autoencoder.vq import QuantizedLatent, VectorQuantizer, code_perplexity
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "Upsample",
     "VectorQuantizer",
     "code_perplexity",
+    "load_autoencoder",
 ]

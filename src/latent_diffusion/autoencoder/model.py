@@ -20,6 +20,7 @@ Two views of the latent space:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeAlias
 
 import torch
@@ -29,6 +30,7 @@ from latent_diffusion.autoencoder.blocks import Decoder, Encoder
 from latent_diffusion.autoencoder.kl import DiagonalGaussian
 from latent_diffusion.autoencoder.vq import QuantizedLatent, VectorQuantizer
 from latent_diffusion.config import Config
+from latent_diffusion.io import load_module
 from latent_diffusion.validation import (
     check_channels,
     check_choice,
@@ -203,3 +205,20 @@ class Autoencoder(nn.Module):
                 f"[batch, {self.latent_channels}, height, width]"
             )
         check_channels("z", z.shape[1], self.latent_channels)
+
+
+def load_autoencoder(folder: str | Path, setting: str = "autoencoder") -> Autoencoder:
+    """A trained autoencoder, frozen, from a folder with ``autoencoder.json`` and ``.safetensors``.
+
+    ``setting`` names the config key the folder came from, for the error when it is not one.
+    """
+    folder = Path(folder)
+    if not (folder / "autoencoder.json").is_file():
+        raise FileNotFoundError(
+            f"{setting}={str(folder)!r} has no autoencoder.json; train one with "
+            f"`ldm train autoencoder --config FILE` and point `{setting}:` at its final/ folder "
+            "(or at a model folder such as models/emoji-32)"
+        )
+    model = load_module(Autoencoder, AutoencoderConfig, folder, "autoencoder")
+    model.requires_grad_(False)
+    return model.eval()

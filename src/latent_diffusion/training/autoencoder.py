@@ -28,10 +28,10 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder
 from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
-from latent_diffusion.io import atomic_directory, load_state_strict, load_tensors, save_module
+from latent_diffusion.io import atomic_directory, save_module
 from latent_diffusion.losses import AutoencoderLoss, AutoencoderLossConfig
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
@@ -137,17 +137,12 @@ class AutoencoderTrainer:
 
     def _init_from(self, folder: str | Path) -> float:
         """Load the autoencoder of ``folder`` into the model; returns its scale factor."""
-        folder = Path(folder)
-        if not (folder / "autoencoder.json").is_file():
-            raise FileNotFoundError(f"init_from={str(folder)!r} has no autoencoder.json; point it at a trained "
-                                    "autoencoder (a run's final/ folder or a model folder such as models/emoji-32)")
-        source = AutoencoderConfig.load(folder / "autoencoder.json")
-        if source.replace(scale_factor=self.config.model.scale_factor) != self.config.model:
+        source = load_autoencoder(folder, setting="init_from")
+        if source.config.replace(scale_factor=self.config.model.scale_factor) != self.config.model:
             raise ValueError(f"init_from={str(folder)!r}: its autoencoder differs from the configured one; copy "
-                             f"the model section from {str(folder / 'autoencoder.json')!r}")
-        state = {k: v.float() for k, v in load_tensors(folder / "autoencoder.safetensors").items()}
-        load_state_strict(self.model, state, str(folder / "autoencoder.safetensors"))
-        return source.scale_factor
+                             f"the model section from {str(Path(folder) / 'autoencoder.json')!r}")
+        self.model.load_state_dict(source.state_dict())  # fp16 folders load as the model's fp32
+        return source.config.scale_factor
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.config.run.precision, self.device)
@@ -253,8 +248,8 @@ class AutoencoderTrainer:
         The scale factor is measured, except after ``train: decoder``: the latents are the
         source's, and UNets trained on them were scaled by the source's factor, so it is kept.
         """
-        keep = self.config.train == "decoder" and self.source_scale_factor is not None
-        scale = self.source_scale_factor if keep else self.measure_scale_factor()
+        decoder_only = self.config.train == "decoder"  # then init_from was required and set the source's
+        scale = self.source_scale_factor if decoder_only else self.measure_scale_factor()
         config = self.config.model.replace(scale_factor=scale)
         self.model.config = config
         with atomic_directory(folder) as tmp:

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.autoencoder import Autoencoder, load_autoencoder
 from latent_diffusion.conditioning import ConditionerConfig, build_conditioner
 from latent_diffusion.conditioning.image import (
     IMAGE_CONDITIONS,
@@ -31,7 +31,6 @@ from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.diffusion.objective import diffusion_loss
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
-from latent_diffusion.io import load_state_strict, load_tensors
 from latent_diffusion.pipelines.components import DiffusionComponents, check_compatible, save_components
 from latent_diffusion.pipelines.generate import decode_images, sample_latents
 from latent_diffusion.training.checkpoint import CheckpointManager
@@ -95,20 +94,6 @@ class DiffusionTrainingConfig(Config):
                                                   or self.data.resolution % self.low_res_factor):
             raise ValueError(f"low_res_factor={self.low_res_factor} must be >= 2 and divide "
                              f"data.resolution={self.data.resolution}")
-
-
-def load_autoencoder(folder: str | Path) -> Autoencoder:
-    """The frozen first stage from a folder with ``autoencoder.json`` and ``.safetensors``."""
-    folder = Path(folder)
-    if not (folder / "autoencoder.json").is_file():
-        raise FileNotFoundError(
-            f"autoencoder folder {str(folder)!r} has no autoencoder.json; train one with "
-            "`ldm train autoencoder --config FILE` and point `autoencoder:` at its final/ folder"
-        )
-    model = Autoencoder(AutoencoderConfig.load(folder / "autoencoder.json"))
-    load_state_strict(model, load_tensors(folder / "autoencoder.safetensors"), str(folder / "autoencoder.safetensors"))
-    model.requires_grad_(False)
-    return model.eval()
 
 
 def check_image_condition(config: DiffusionTrainingConfig, autoencoder: Autoencoder) -> None:
