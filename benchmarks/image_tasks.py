@@ -7,14 +7,16 @@
   distance (EfficientNet-Lite0 LPIPS-style), PSNR inside the hole, and FID of the filled pictures
   against the originals (kept pixels are identical by construction, so FID differences come from
   the holes; with a few hundred images FID is biased upwards: compare rows, not papers).
-* **super-resolution x f** (``--upscaler``): the validation pictures downsampled as in training
+* **super-resolution x f** (``--upscaler``): validation pictures of both styles and every skin
+  tone (the upscaler's training data is all of them) downsampled as in training
   (bicubic, antialiased), upscaled by the model and by bicubic interpolation (the baseline);
-  PSNR, SSIM and perceptual distance against the originals, and the same scores of the model's
-  autoencoder reconstructing the originals: the ceiling of any latent upscaler on that autoencoder.
+  PSNR, SSIM and perceptual distance against the originals, with and without back-projection onto
+  the input (``Upscale(back_projection=...)``), and the same scores of the model's autoencoder
+  reconstructing the originals: the ceiling of any latent upscaler on that autoencoder.
 * **image-to-image**: time per image at strength 0.75 (and its perceptual distance to the input).
 
-    python benchmarks/image_tasks.py [--model models/emoji-64] [--inpaint-model PATH] \
-        [--upscaler PATH] [--tasks inpaint img2img sr] [--num-images 64] [--steps 25]
+    python benchmarks/image_tasks.py [--model models/emoji-32] [--inpaint-model PATH] \
+        [--upscaler models/emoji-sr-x4] [--tasks inpaint img2img sr] [--num-images 64] [--steps 25]
 """
 
 from __future__ import annotations
@@ -26,23 +28,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from latent_diffusion.conditioning.image import degrade, random_holes
+from latent_diffusion.conditioning.image import back_project, degrade, random_holes
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.evaluation.fid import fid_from_features
 from latent_diffusion.evaluation.inception import InceptionFeatures
 from latent_diffusion.evaluation.reconstruction import default_perceptual, psnr, ssim
 from latent_diffusion.pipelines import ImageToImage, Inpaint, Upscale, default_model_folder
+from latent_diffusion.pipelines.base import DEFAULT_UPSCALER_NAME
 from latent_diffusion.pipelines.generate import decode_images, encode_images, images_to_pil
+from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
 
 MASK_SEED = 1234
 TASKS = ("inpaint", "img2img", "sr")
 
 
-def validation_set(count: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """The first ``count`` Twitter base emoji of the validation split, [-1, 1], with their names."""
-    dataset = dataset_from_config(DataConfig(name="emoji", resolution=resolution, styles=("twitter",),
-                                             skin_tones=False, caption_mode="name"), "validation")
-    items = [dataset[i] for i in range(min(count, len(dataset)))]
+def validation_set(count: int, resolution: int, every_style: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """``count`` pictures of the validation split spread evenly over it, [-1, 1], with their names:
+    Twitter base emoji (what the text-to-image models draw), or with ``every_style`` both styles
+    and every skin tone (what the upscaler was trained on)."""
+    config = DataConfig(name="emoji", resolution=resolution, caption_mode="name") if every_style else \
+        DataConfig(name="emoji", resolution=resolution, styles=("twitter",), skin_tones=False, caption_mode="name")
+    dataset = dataset_from_config(config, "validation")
+    picked = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().long().tolist()
+    items = [dataset[i] for i in picked]
     return torch.stack([item["image"] for item in items]), [item["caption"] for item in items]
 
 
@@ -96,25 +104,43 @@ def img2img_row(base: Inpaint, originals: torch.Tensor, names: list[str], steps:
             float(perceptual(to_tensor(out), originals).mean()), float("nan"), float("nan"))
 
 
+def eight_bit(images: torch.Tensor) -> torch.Tensor:
+    """``images`` rounded to 8 bits, as every PNG the pipelines write is."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
 def print_super_resolution(upscaler: Upscale, originals: torch.Tensor, steps: int, perceptual: Any) -> None:
     factor = upscaler.factor
     small = degrade(originals, factor)
-    ups, seconds = timed(lambda: [upscaler(image, steps=steps, seed=i, progress=False)[0]
-                                  for i, image in enumerate(small)])
+
+    def upscale(rounds: int) -> list[Any]:
+        return [upscaler(image, steps=steps, seed=i, progress=False, back_projection=rounds)[0]
+                for i, image in enumerate(small)]
+
+    ups, seconds = timed(lambda: upscale(DEFAULT_BACK_PROJECTION))
+    raw, raw_seconds = timed(lambda: upscale(0))
     bicubic, bicubic_seconds = timed(lambda: F.interpolate(small, scale_factor=factor, mode="bicubic",
                                                            align_corners=False).clamp(-1, 1))
-    # A latent model can do no better than its autoencoder's reconstruction of the original: the
-    # ceiling of every latent SR score (8-bit, as the pipelines' PNGs are).
+    # A latent model can do no better than its autoencoder's reconstruction of the original (the
+    # ceiling of every latent SR score), and back-projection onto the input helps bicubic too: both
+    # rows say how much of a score is the model's.
     components = upscaler.components
-    ceiling, ceiling_seconds = timed(lambda: images_to_pil(decode_images(components,
-                                                                         encode_images(components, originals))))
-    print(f"\n{'super-resolution x' + str(factor):<44} {'s/image':>8} {'PSNR':>8} {'SSIM':>8} {'perceptual':>11}")
+    ceiling, ceiling_seconds = timed(lambda: to_tensor(images_to_pil(decode_images(
+        components, encode_images(components, originals)))))
+    print(f"\n{len(originals)} validation pictures (both styles, every skin tone), {steps} steps, dpmpp_2m")
+    print(f"{'super-resolution x' + str(factor):<52} {'s/image':>8} {'PSNR':>8} {'SSIM':>8} {'perceptual':>11}")
     rows = (("bicubic (baseline)", bicubic, bicubic_seconds),
-            ("latent diffusion SR", to_tensor(ups), seconds),
-            ("autoencoder reconstruction (SR ceiling)", to_tensor(ceiling), ceiling_seconds))
+            (f"bicubic + back-projection ({DEFAULT_BACK_PROJECTION} rounds)",
+             back_project(bicubic, small, DEFAULT_BACK_PROJECTION), bicubic_seconds),
+            ("latent diffusion SR, decoder output", to_tensor(raw), raw_seconds),
+            ("latent diffusion SR + back-projection (default)", to_tensor(ups), seconds),
+            ("autoencoder reconstruction (SR ceiling)", ceiling, ceiling_seconds),
+            ("autoencoder reconstruction + back-projection", back_project(ceiling, small, DEFAULT_BACK_PROJECTION),
+             ceiling_seconds))
     for label, images, total in rows:
+        images = eight_bit(images)
         sec = total / len(small)
-        print(f"{label:<44} {sec:>8.4f} {float(psnr(images, originals).mean()):>8.2f} "
+        print(f"{label:<52} {sec:>8.4f} {float(psnr(images, originals).mean()):>8.2f} "
               f"{float(ssim(images, originals).mean()):>8.4f} {float(perceptual(images, originals).mean()):>11.4f}")
 
 
@@ -123,7 +149,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="text-to-image model folder (default: the shipped one)")
     parser.add_argument("--inpaint-model", default=None,
                         help="an inpainting model folder (image_condition masked_image)")
-    parser.add_argument("--upscaler", default=None, help="a super-resolution model folder (image_condition low_res)")
+    parser.add_argument("--upscaler", default=None, help="a super-resolution model folder (image_condition "
+                        f"low_res; default: the shipped models/{DEFAULT_UPSCALER_NAME})")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="what to measure (default all)")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--steps", type=int, default=25)
@@ -133,7 +160,9 @@ def main() -> None:
     base = Inpaint.from_pretrained(model)
     originals, names = validation_set(args.num_images, base.native_size)
     perceptual = default_perceptual().eval()
-    print(f"{len(originals)} validation pictures (Twitter base emoji), {args.steps} steps, dpmpp_2m, guidance 5\n")
+    if {"inpaint", "img2img"} & set(args.tasks):
+        print(f"{len(originals)} validation pictures (Twitter base emoji), {args.steps} steps, dpmpp_2m, "
+              "guidance 5\n")
     rows = []
     if "inpaint" in args.tasks:
         models = {"mask-guided (text-to-image model)": base}
@@ -146,8 +175,10 @@ def main() -> None:
         print(f"{'task':<44} {'s/image':>8} {'perceptual':>11} {'PSNR hole':>10} {'FID':>8}")
         for label, sec, perc, ps, fid in rows:
             print(f"{label:<44} {sec:>8.2f} {perc:>11.4f} {ps:>10.2f} {fid:>8.1f}")
-    if "sr" in args.tasks and args.upscaler:
-        print_super_resolution(Upscale.from_pretrained(args.upscaler), originals, args.steps, perceptual)
+    if "sr" in args.tasks:
+        upscaler = Upscale.from_pretrained(args.upscaler)
+        sr_originals, _ = validation_set(args.num_images, upscaler.native_size, every_style=True)
+        print_super_resolution(upscaler, sr_originals, args.steps, perceptual)
 
 
 if __name__ == "__main__":

@@ -326,11 +326,3 @@ def test_vae_tiling_in_the_pipeline_matches_untiled_decoding_closely(components)
     diff = np.abs(np.asarray(tiled[0]).astype(int) - np.asarray(whole[0]))
     assert diff.max() > 0  # the tiled path really ran
     assert diff.mean() < 8  # a random decoder is not local, so seams differ, but only slightly
-
-
-def test_cli_upscale_needs_a_model_folder(files: Path, capsys) -> None:
-    # No upscaler ships, so there is no default that could work: argparse asks for --model.
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["upscale", "in.png", "--no-progress"])
-    assert exit_info.value.code == 2 and "--model" in capsys.readouterr().err
-

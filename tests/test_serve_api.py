@@ -164,6 +164,13 @@ def test_upscale_makes_the_image_four_times_larger(client: TestClient) -> None:
     data = client.post("/api/upscale", json={"image": png_b64(picture(4)), "seed": 0, "steps": STEPS}).json()
     assert decode(data["images"][0]).size == (16, 16)
     assert data["images"][0]["metadata"]["task"] == "upscale"
+    assert data["images"][0]["metadata"]["back_projection"] == 3
+    raw = client.post("/api/upscale", json={"image": png_b64(picture(4)), "seed": 0, "steps": STEPS,
+                                            "back_projection": 0}).json()
+    assert raw["images"][0]["metadata"]["back_projection"] == 0
+    assert not np.array_equal(np.asarray(decode(raw["images"][0])), np.asarray(decode(data["images"][0])))
+    bad = client.post("/api/upscale", json={"image": png_b64(picture(4)), "back_projection": -1})
+    assert bad.status_code == 422 and "back_projection" in bad.text
 
 
 def test_upscale_without_an_upscaler_says_how_to_enable_it() -> None:

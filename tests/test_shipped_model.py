@@ -1,4 +1,4 @@
-"""The shipped models: what each card says is what its folder holds, and the default generates."""
+"""The shipped models: what each card says is what its folder holds, and the defaults generate."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors import safe_open
 
-from latent_diffusion.pipelines import TextToImage, default_model_folder, load_components, model_hash
+from latent_diffusion import cli
+from latent_diffusion.pipelines import TextToImage, Upscale, default_model_folder, load_components, model_hash
+from latent_diffusion.pipelines.base import DEFAULT_UPSCALER_NAME
+from latent_diffusion.pipelines.png import read_generation_metadata
 
 FOLDER = default_model_folder()
 SHIPPED = sorted(path for path in FOLDER.parent.iterdir() if (path / "model_index.json").is_file())
@@ -37,8 +41,12 @@ def test_model_card_names_these_weights(folder: Path) -> None:
     card = (folder / "README.md").read_text()
     hashes = set(re.findall(r"model hash[^`]*`([0-9a-f]{16})`", card))
     assert hashes == {model_hash(folder)}, "the model card's hash is not the folder's: re-measure and update it"
-    for figure in ("top-1", "top-5", "PSNR", "SSIM", "rFID", "FID"):
-        assert figure in card
+    kind = load_components(folder).image_condition
+    figures = {"none": ("top-1", "top-5", "PSNR", "SSIM", "rFID", "FID"),  # text-to-image: samples and autoencoder
+               "low_res": ("bicubic", "PSNR", "SSIM", "perceptual"),       # upscaler: against its baseline
+               "masked_image": ("mask-guided", "perceptual", "FID")}[kind]  # inpainting: against its baseline
+    for figure in figures:
+        assert figure in card, (folder.name, figure)
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +61,19 @@ def test_default_model_generates_the_same_pixels_twice(pipe: TextToImage) -> Non
     np.testing.assert_array_equal(a, b)
     c = np.asarray(pipe("rocket", steps=3, seed=0, progress=False)[0])
     assert np.abs(a.astype(int) - c).mean() > 1  # the prompt reaches the picture
+
+
+def test_the_default_upscaler_makes_16px_pictures_64px_and_is_what_ldm_upscale_uses(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    folder = default_model_folder(DEFAULT_UPSCALER_NAME)
+    assert folder in SHIPPED
+    pipe = Upscale.from_pretrained()
+    assert pipe.model_hash == model_hash(folder) and (pipe.factor, pipe.native_size) == (4, 64)
+    small = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    a = np.asarray(pipe(small, steps=3, seed=0, progress=False)[0])
+    assert a.shape == (64, 64, 3)
+    monkeypatch.chdir(tmp_path)
+    small.save("small.png")
+    assert cli.main(["upscale", "small.png", "--steps", "3", "--no-progress", "-o", "big.png"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open("big.png")), a)
+    assert read_generation_metadata("big.png").model_hash == model_hash(folder)

@@ -201,7 +201,7 @@ def test_missing_default_model_says_how_to_choose_another(monkeypatch, tmp_path:
     assert default.parts[-2:] == ("models", pipeline_base.DEFAULT_MODEL_NAME)
     assert (default.parents[1] / "src" / "latent_diffusion").is_dir()  # the source tree's root
     missing = tmp_path / "models" / pipeline_base.DEFAULT_MODEL_NAME
-    monkeypatch.setattr(pipeline_base, "default_model_folder", lambda: missing)
+    monkeypatch.setattr(pipeline_base, "default_model_folder", lambda name: missing)
     with pytest.raises(FileNotFoundError, match=r"default model folder .* does not exist.*--model PATH"):
         TextToImage.from_pretrained()
 
@@ -209,7 +209,7 @@ def test_missing_default_model_says_how_to_choose_another(monkeypatch, tmp_path:
 def test_default_model_with_minilm_conditioner(monkeypatch, tmp_path: Path) -> None:
     """The shipped model's kind: MiniLM comes from its package, not from the folder."""
     folder = tiny_model_folder(tmp_path / "models" / pipeline_base.DEFAULT_MODEL_NAME, kind="minilm")
-    monkeypatch.setattr(pipeline_base, "default_model_folder", lambda: folder)
+    monkeypatch.setattr(pipeline_base, "default_model_folder", lambda name: folder)
     pipe = TextToImage.from_pretrained()
     a = pixels(pipe("a red heart", steps=2, progress=False))
     b = pixels(pipe("a red heart", steps=2, progress=False))

@@ -34,13 +34,15 @@ from latent_diffusion.sampling import SAMPLERS
 from latent_diffusion.validation import check_choice, check_in_range, check_positive
 
 DEFAULT_MODEL_NAME = "emoji-32"
+DEFAULT_UPSCALER_NAME = "emoji-sr-x4"  # the default of Upscale / ``ldm upscale``
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 MAX_IMAGES = 10_000  # one batch; far beyond memory anyway, but catches a typo before any work
 
 
-def default_model_folder() -> Path:
-    """The shipped default model folder, ``models/<DEFAULT_MODEL_NAME>`` at the root of the source tree."""
-    return Path(latent_diffusion.__file__).resolve().parents[2] / "models" / DEFAULT_MODEL_NAME
+def default_model_folder(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """A shipped model folder, ``models/<name>`` at the root of the source tree (default: the
+    text-to-image model, ``DEFAULT_MODEL_NAME``)."""
+    return Path(latent_diffusion.__file__).resolve().parents[2] / "models" / name
 
 
 @dataclass
@@ -139,6 +141,8 @@ class Pipeline:
 
     # The kinds of model (``DiffusionComponents.image_condition``) the task can use.
     image_conditions: tuple[str, ...] = ("none",)
+    # The shipped model ``from_pretrained(None)`` loads: ``models/<default_model>``.
+    default_model: str = DEFAULT_MODEL_NAME
     # Which pipeline to name when a model does not suit this one.
     PIPELINE_FOR = {"none": "TextToImage / ImageToImage (ldm generate, ldm img2img)",
                     "masked_image": "Inpaint (ldm inpaint)", "low_res": "Upscale (ldm upscale)"}
@@ -163,7 +167,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path | DiffusionComponents | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32) -> Pipeline:
-        """Load a model folder (None: the shipped default, ``models/<DEFAULT_MODEL_NAME>``) or wrap components.
+        """Load a model folder (None: the task's shipped default, ``models/<default_model>``) or wrap components.
 
         Components passed in are moved to ``device``/``dtype`` in place; their ``model_hash``
         is None because they were never saved.
@@ -172,7 +176,7 @@ class Pipeline:
             for module in (path.autoencoder, path.unet, path.conditioner):
                 module.to(device=device, dtype=dtype)
             return cls(path)
-        folder = default_model_folder() if path is None else Path(path)
+        folder = default_model_folder(cls.default_model) if path is None else Path(path)
         if path is None and not folder.is_dir():
             raise FileNotFoundError(
                 f"the default model folder {str(folder)!r} does not exist (it ships with a source "
@@ -311,5 +315,5 @@ class Pipeline:
         return images
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "GenerationResult", "Pipeline", "PromptBatch", "WrongModelError", "check_arguments", "default_model_folder",
+__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_UPSCALER_NAME", "GenerationResult", "Pipeline", "PromptBatch", "WrongModelError", "check_arguments", "default_model_folder",
            "prompt_list"]

@@ -4,7 +4,7 @@
     ldm generate "a red heart" -n 4 --grid                    # ldm-0.png, one 2x2 grid
     ldm img2img --image heart.png --prompt "a blue heart" --strength 0.6
     ldm inpaint --image face.png --mask mask.png --prompt "a grinning face"
-    ldm upscale small.png --model runs/emoji-sr-x4/final -o big.png
+    ldm upscale small.png -o big.png                          # the shipped 16 -> 64 px upscaler
 
 Everything the user can get wrong (arguments, the model folder, the output path) is checked
 before any denoising, so a mistake costs a second, not a run, and never leaves a partial file.
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from latent_diffusion.cli import UsageError
-from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME
+from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME, DEFAULT_UPSCALER_NAME
+from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
 from latent_diffusion.sampling import SAMPLERS
 
 DEFAULT_STEM = "ldm-{seed}"
@@ -64,17 +65,18 @@ def register(subparsers: Any) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", type=Path, metavar="IN", help="the low-resolution input image (square)")
     parser.add_argument("--prompt", default="", help='the text prompt, for text-conditioned upscalers (default "")')
-    # No upscaler ships (on the 64 px autoencoder of models/emoji-64 none beat bicubic: see the README),
-    # so the model is named, not defaulted to the text-to-image model.
+    parser.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
+                        help="rounds pulling the output onto the input so that downscaling it gives the input "
+                             f"back (0 = off; default {DEFAULT_BACK_PROJECTION})")
     _add_common_arguments(parser, guidance=1.0, size=False, model_help="a super-resolution model folder "
-                          "(image_condition low_res), e.g. runs/emoji-sr-x4/final of configs/emoji-sr-x4.yaml")
+                          f"(image_condition low_res; default: the shipped models/{DEFAULT_UPSCALER_NAME})")
     parser.set_defaults(func=run_upscale)
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0, size: bool = True,
                           model_help: str | None = None) -> None:
     """The sampling, model and output options every generating command shares; ``model_help``
-    makes ``--model`` required (no shipped default suits the command)."""
+    replaces the help of ``--model`` (for commands whose default is another shipped model)."""
     parser.add_argument("-n", "--num-images", type=int, default=1, help="images to make (default 1)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     parser.add_argument("--sampler", default="dpmpp_2m",
@@ -86,7 +88,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images")
     if size:
         parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's own)")
-    parser.add_argument("--model", type=Path, default=None, metavar="PATH", required=model_help is not None,
+    parser.add_argument("--model", type=Path, default=None, metavar="PATH",
                         help=model_help or f"model folder (default: the shipped models/{DEFAULT_MODEL_NAME})")
     parser.add_argument("-o", "--output", type=Path, default=None, metavar="PATH",
                         help="PNG to write; several images become PATH-0.png, PATH-1.png, ... "
@@ -215,13 +217,15 @@ def run_inpaint(args: argparse.Namespace) -> int:
 def run_upscale(args: argparse.Namespace) -> int:
     """``ldm upscale IN``: a super-resolution model's output for the image IN."""
     from latent_diffusion.pipelines.text_to_image import check_arguments
-    from latent_diffusion.pipelines.upscale import Upscale
+    from latent_diffusion.pipelines.upscale import Upscale, check_back_projection
 
     check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
+    check_back_projection(args.back_projection)
     _check_input_file("IN", args.image)
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
     pipe = load_pipeline(args.model, args.device, Upscale)
-    result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt, **_sampling_kwargs(args))
+    result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt,
+                                      back_projection=args.back_projection, **_sampling_kwargs(args))
     return write_results(result, paths, args.grid)
 
 

@@ -35,9 +35,10 @@ class GenerationMetadata:
     model_hash` of the model folder (None for a model that was never saved). ``device`` and
     ``dtype`` are recorded because float results differ (slightly) between them.
 
-    Image tasks add ``task`` ("img2img", "inpaint"; "txt2img" otherwise), ``strength`` and the
-    SHA-256 of the input image (``image_hash``) and mask (``mask_hash``) as given, so a result can
-    be traced to its inputs and made again from the same files.
+    Image tasks add ``task`` ("img2img", "inpaint", "upscale"; "txt2img" otherwise), ``strength``
+    and the SHA-256 of the input image (``image_hash``) and mask (``mask_hash``) as given, so a
+    result can be traced to its inputs and made again from the same files; "upscale" adds its
+    ``back_projection`` rounds.
     """
 
     prompts: tuple[str, ...]
@@ -58,6 +59,7 @@ class GenerationMetadata:
     strength: float | None = None
     image_hash: str | None = None
     mask_hash: str | None = None
+    back_projection: int | None = None
 
     @property
     def prompt(self) -> str:
@@ -96,6 +98,8 @@ class GenerationMetadata:
             arguments["method"] = self.task.removeprefix("inpaint-")
         if self.task == "upscale":  # the output size follows from the input image
             del arguments["size"]
+            if self.back_projection is not None:
+                arguments["back_projection"] = self.back_projection
         return arguments
 
     def to_json(self) -> str:
@@ -140,6 +144,8 @@ class GenerationMetadata:
             readable.update(task=self.task, strength=repr(self.strength), image_hash=self.image_hash or "")
             if self.mask_hash:
                 readable["mask_hash"] = self.mask_hash
+            if self.back_projection is not None:
+                readable["back_projection"] = str(self.back_projection)
         return {**readable, PARAMETERS_KEY: self.to_json()}
 
 

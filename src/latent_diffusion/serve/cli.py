@@ -1,7 +1,7 @@
 """``ldm serve``: the web page and HTTP API on this machine.
 
     ldm serve --model runs/emoji-diffusion/final              # http://127.0.0.1:7860
-    ldm serve --model runs/m/final --upscaler runs/sr/final --port 8000 --max-waiting 4
+    ldm serve --upscaler models/emoji-sr-x4 --port 8000 --max-waiting 4   # with the shipped upscaler
 
 Binds to loopback by default: the server has no authentication, so exposing it (``--host
 0.0.0.0``) lets anyone on the network use this machine's CPU; it says so when asked to.
@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
                         help=f"model folder (default: the shipped models/{DEFAULT_MODEL_NAME})")
     parser.add_argument("--upscaler", type=Path, default=None, metavar="PATH",
-                        help="upscaling model folder; turns on the upscale tab and /api/upscale")
+                        help="upscaling model folder (e.g. the shipped models/emoji-sr-x4); turns on the "
+                             "upscale tab and /api/upscale")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")

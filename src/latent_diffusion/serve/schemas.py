@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from latent_diffusion.pipelines.base import MAX_SEED
+from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
 from latent_diffusion.sampling import SAMPLERS
 
 MAX_STEPS = 1000  # a schedule's length; servers cap lower (ServeSettings.max_steps)
@@ -67,6 +68,8 @@ class UpscaleRequest(_Request):
     image: str = Field(..., description="the low-resolution input, base64 PNG/JPEG (square)")
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="the text prompt (\"\" for models without text)")
     guidance: float = Field(1.0, ge=0.0, le=100.0, description="classifier-free guidance scale (1 = none)")
+    back_projection: int = Field(DEFAULT_BACK_PROJECTION, ge=0, le=100,
+                                 description="rounds pulling the output onto the input (0 = off)")
 
 
 REQUESTS: dict[str, type[_Request]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,

@@ -222,7 +222,7 @@ class Generator:
             except ValueError as err:
                 raise RequestError(f"a {picture.size[0]}x{picture.size[0]} input cannot be upscaled "
                                    f"x{pipe.factor} by this model: {err}") from err
-            args, kwargs = (picture,), {"prompt": request.prompt}
+            args, kwargs = (picture,), {"prompt": request.prompt, "back_projection": request.back_projection}
         else:
             raise TypeError(f"unknown request type {type(request).__name__}")
         # What the pipeline's own progress bar counts: image tasks run only the strength's share.
