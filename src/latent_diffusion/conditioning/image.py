@@ -60,7 +60,7 @@ def back_project(images: torch.Tensor, low_res: torch.Tensor, iterations: int = 
     Each round adds the bicubic upsampling of the residual ``low_res - degrade(images)``. The low
     frequencies, which the input determines, are pulled to it; the detail a model added (what
     degrading removes) is kept. A latent upscaler needs this because its autoencoder shifts
-    colours and softens edges that the low-resolution input pins down exactly.
+    colours and moves coarse shapes that the low-resolution input pins down.
     """
     factor = images.shape[-1] // low_res.shape[-1]
     if factor * low_res.shape[-1] != images.shape[-1] or factor * low_res.shape[-2] != images.shape[-2]:

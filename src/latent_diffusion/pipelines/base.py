@@ -315,5 +315,5 @@ class Pipeline:
         return images
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_UPSCALER_NAME", "GenerationResult", "Pipeline", "PromptBatch", "WrongModelError", "check_arguments", "default_model_folder",
-           "prompt_list"]
+__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_UPSCALER_NAME", "GenerationResult", "Pipeline", "PromptBatch",
+           "WrongModelError", "check_arguments", "default_model_folder", "prompt_list"]
