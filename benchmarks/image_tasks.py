@@ -37,6 +37,7 @@ from latent_diffusion.pipelines import ImageToImage, Inpaint, Upscale, default_m
 from latent_diffusion.pipelines.base import DEFAULT_UPSCALER_NAME
 from latent_diffusion.pipelines.generate import decode_images, encode_images, images_to_pil
 from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
+from latent_diffusion.training.grid import to_uint8
 
 MASK_SEED = 1234
 TASKS = ("inpaint", "img2img", "sr")
@@ -106,7 +107,7 @@ def img2img_row(base: Inpaint, originals: torch.Tensor, names: list[str], steps:
 
 def eight_bit(images: torch.Tensor) -> torch.Tensor:
     """``images`` rounded to 8 bits, as every PNG the pipelines write is."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+    return to_uint8(images).float() / 127.5 - 1
 
 
 def print_super_resolution(upscaler: Upscale, originals: torch.Tensor, steps: int, perceptual: Any) -> None:

@@ -17,6 +17,13 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {allowed}")
 
 
+def check_integer(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """Raise unless ``value`` is an int (not a bool) with ``low <= value`` (and ``<= high`` if given)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}={value!r} must be an integer {allowed}")
+
+
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     """Raise unless ``value`` > 0 (or >= 0 with ``allow_zero``)."""
     ok = value >= 0 if allow_zero else value > 0

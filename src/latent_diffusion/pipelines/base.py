@@ -31,7 +31,7 @@ from latent_diffusion.pipelines.generate import (
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, read_image
 from latent_diffusion.pipelines.png import GenerationMetadata
 from latent_diffusion.sampling import SAMPLERS
-from latent_diffusion.validation import check_choice, check_in_range, check_positive
+from latent_diffusion.validation import check_choice, check_in_range, check_integer, check_positive
 
 DEFAULT_MODEL_NAME = "emoji-32"
 DEFAULT_UPSCALER_NAME = "emoji-sr-x4"  # the default of Upscale / ``ldm upscale``
@@ -77,12 +77,6 @@ def prompt_list(name: str, value: str | list[str]) -> list[str]:
     return list(items)
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}={value!r} must be an integer {allowed}")
-
-
 def check_arguments(steps: int, sampler: str, guidance: float, seed: int, rescale: float = 0.0,
                     num_images: int = 1, num_timesteps: int | None = None) -> None:
     """Raise a ValueError naming the allowed values for a bad generation argument.
@@ -90,13 +84,13 @@ def check_arguments(steps: int, sampler: str, guidance: float, seed: int, rescal
     Needs no model, so the command line checks before loading one; ``num_timesteps`` (the
     schedule's length, the most steps a sampler can take) is checked when known.
     """
-    _check_int("steps", steps, 1, num_timesteps)
+    check_integer("steps", steps, 1, num_timesteps)
     check_choice("sampler", sampler, sorted(SAMPLERS))
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
         raise ValueError(f"guidance={guidance!r} must be a finite number >= 0 (1 = no guidance)")
     check_in_range("rescale", rescale, 0.0, 1.0)
-    _check_int("seed", seed, 0, MAX_SEED)
-    _check_int("num_images", num_images, 1, MAX_IMAGES)
+    check_integer("seed", seed, 0, MAX_SEED)
+    check_integer("num_images", num_images, 1, MAX_IMAGES)
 
 
 @dataclass
