@@ -140,3 +140,17 @@ def test_decoder_fine_tune_needs_a_matching_source(images: Path, tmp_path: Path)
     wider = config.replace(model=config.model.replace(base_channels=16), init_from=str(source))
     with pytest.raises(ValueError, match="differs from the configured one"):
         AutoencoderTrainer(wider)
+
+
+def test_auto_precision_is_resolved_from_the_cpu_and_trains(images: Path, tmp_path: Path, monkeypatch) -> None:
+    from latent_diffusion import hardware
+
+    config = make_config(images, tmp_path / "auto", steps=1)
+    config = config.replace(run=config.run.replace(precision="auto", channels_last=True))
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: None)
+    assert AutoencoderTrainer(config).precision == "fp32"
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: "amx")
+    trainer = AutoencoderTrainer(config.replace(run=config.run.replace(run_dir=str(tmp_path / "auto-bf16"))))
+    assert trainer.precision == "bf16"
+    assert next(trainer.model.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
+    assert (tmp_path / "auto-bf16" / "final" / "autoencoder.json").parent == trainer.train()

@@ -31,12 +31,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder
 from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
+from latent_diffusion.hardware import resolve_precision
 from latent_diffusion.io import atomic_directory, save_module
 from latent_diffusion.losses import AutoencoderLoss, AutoencoderLossConfig
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.logging import TrainingLogger
-from latent_diffusion.training.loop import autocast, run_training
+from latent_diffusion.training.loop import autocast, memory_format, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
 from latent_diffusion.validation import check_choice, check_positive
@@ -119,7 +120,9 @@ class AutoencoderTrainer:
             for name in ENCODER_SIDE:
                 if hasattr(self.model, name):
                     getattr(self.model, name).requires_grad_(False)
-        self.model = self.model.to(self.device)
+        self.model = self.model.to(self.device, memory_format=memory_format(config.run))
+        # Resolved once, so a resumed run on the same machine keeps the same arithmetic.
+        self.precision = resolve_precision(config.run.precision, self.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.loss = AutoencoderLoss(config.loss).to(self.device)
         self.train_set = dataset_from_config(config.data, "train")
@@ -145,7 +148,7 @@ class AutoencoderTrainer:
         return source.config.scale_factor
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.config.run.precision, self.device)
+        return autocast(self.precision, self.device)
 
     def train_step(self, images: torch.Tensor) -> dict[str, float]:
         """One generator step and (when active) one discriminator step on ``images``."""

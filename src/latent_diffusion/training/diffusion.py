@@ -31,6 +31,7 @@ from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.diffusion.objective import diffusion_loss
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
+from latent_diffusion.hardware import resolve_precision
 from latent_diffusion.pipelines.components import DiffusionComponents, check_compatible, save_components
 from latent_diffusion.pipelines.generate import decode_images, sample_latents
 from latent_diffusion.training.checkpoint import CheckpointManager
@@ -46,7 +47,7 @@ from latent_diffusion.training.latent_cache import (
     file_digest,
 )
 from latent_diffusion.training.logging import TrainingLogger
-from latent_diffusion.training.loop import autocast, run_training
+from latent_diffusion.training.loop import autocast, memory_format, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
 from latent_diffusion.unet import UNet, UNetConfig
@@ -123,7 +124,9 @@ class DiffusionTrainer:
         self.unet = UNet(config.unet)
         if config.init_from and not resume:
             init_unet_from(self.unet, config.init_from)
-        self.unet = self.unet.to(self.device)
+        self.unet = self.unet.to(self.device, memory_format=memory_format(config.run))
+        # Resolved once, so a resumed run on the same machine keeps the same arithmetic.
+        self.precision = resolve_precision(config.run.precision, self.device)
         check_compatible(self.autoencoder, self.unet, self.conditioner)
         check_image_condition(config, self.autoencoder)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
@@ -230,7 +233,7 @@ class DiffusionTrainer:
         return low_res_condition(degrade(pixels, self.config.low_res_factor), latent_size)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.config.run.precision, self.device)
+        return autocast(self.precision, self.device)
 
     def _global_order(self, step: int) -> torch.Tensor:
         """Dataset indices of the global batch(es) of optimizer step ``step`` (all micro-batches)."""

@@ -16,10 +16,15 @@ from latent_diffusion.training.settings import RunConfig
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision="bf16"``, else nothing (fp32)."""
+    """bf16 autocast for ``precision="bf16"``, else nothing (fp32); ``auto`` is resolved before this."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def memory_format(run: RunConfig) -> torch.memory_format:
+    """The trained model's memory format: ``run.channels_last`` or the default contiguous one."""
+    return torch.channels_last if run.channels_last else torch.contiguous_format
 
 
 def run_training(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from latent_diffusion.config import Config
+from latent_diffusion.hardware import resolve_device  # noqa: F401  (the trainers import it from here)
 from latent_diffusion.validation import check_positive
 
 
@@ -38,7 +39,11 @@ class RunConfig(Config):
     max_steps: int = 1000
     batch_size: int = 16
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 autocast where the device has bf16 matrix units (latent_diffusion.hardware), else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    # channels_last memory format for the trained model's convolutions (measured slower on CPU for
+    # these models; kept for GPUs, where it usually pays).
+    channels_last: bool = False
     device: str = "auto"
     num_workers: int = 0
     log_every: int = 10
@@ -50,12 +55,3 @@ class RunConfig(Config):
         for name in ("max_steps", "batch_size", "log_every", "image_every", "checkpoint_every", "keep_last"):
             check_positive(f"run.{name}", getattr(self, name))
         check_positive("run.num_workers", self.num_workers, allow_zero=True)
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` means CUDA when available, else CPU; anything else is passed to torch as is."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name

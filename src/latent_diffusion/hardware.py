@@ -1,0 +1,69 @@
+"""What the machine can do: the device to run on and whether bf16 is a speed-up there.
+
+bf16 autocast is a lever only where the hardware has bf16 matrix units. On an Intel Xeon with
+AMX (or AVX512-BF16) it makes convolution-heavy training steps 2-3x faster; on an AVX2-only CPU a
+bf16 matmul ran at 1.3 GFLOP/s against 40.8 in fp32 (shared/docs/resources.md). So ``auto`` is
+decided at run time from what oneDNN will use, never assumed from the machine's name.
+
+Measured on this project's 2-core AMX machine (``python benchmarks/training_step.py``): the
+emoji-styles autoencoder step is about 2.9x faster in bf16, while a UNet on 8x8 latents is
+slower in bf16 (its matmuls are too small to amortise the casts) - so a config says ``auto``
+only where it measured faster, and ``fp32`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` means CUDA when available, else CPU; anything else is passed to torch as is."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's bf16 matrix unit (``"amx"`` or ``"avx512_bf16"``), or None when it has neither.
+
+    Asks PyTorch's own CPU feature probe (the one its kernels dispatch on), so the answer matches
+    what the kernels will actually use, on any OS.
+    """
+    probe = getattr(torch, "cpu", None)
+    if probe is None:
+        return None
+    if getattr(probe, "_is_amx_tile_supported", lambda: False)():
+        return "amx"
+    if getattr(probe, "_is_avx512_bf16_supported", lambda: False)():
+        return "avx512_bf16"
+    return None
+
+
+def has_fast_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 autocast is expected to be faster than fp32 on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_bf16_units() is not None
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` where the device has fast bf16, else ``fp32``; others pass through."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if has_fast_bf16(device) else "fp32"
+    return precision
+
+
+def describe_cpu() -> str:
+    """One line for benchmark tables: threads and bf16 units."""
+    units = cpu_bf16_units() or "none (fp32 only)"
+    return f"CPU threads {torch.get_num_threads()}, bf16 units: {units}, capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+__all__ = ["PRECISIONS", "cpu_bf16_units", "describe_cpu", "has_fast_bf16", "resolve_device", "resolve_precision"]
