@@ -39,6 +39,7 @@ from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, memory_format, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
 from latent_diffusion.validation import check_choice, check_positive
 
@@ -108,11 +109,16 @@ class StepBatches(Sampler[list[int]]):
 class AutoencoderTrainer:
     """Builds the autoencoder, loss (with discriminator), optimizers and data; :meth:`train` runs it."""
 
-    def __init__(self, config: AutoencoderTrainingConfig, resume: bool = False) -> None:
+    def __init__(self, config: AutoencoderTrainingConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.config = config
         self.ctx = DistributedContext(resolve_device(config.run.device)).init()
         self.device = self.ctx.device
         self.run_dir = Path(config.run.run_dir)
+        # Before anything is written: a fresh run never lands in a folder holding another run.
+        stale = check_run_folder(self.run_dir, resume=resume, overwrite=overwrite)
+        if self.ctx.is_main:
+            clear_run_folder(stale)
+        self.ctx.barrier()
         torch.manual_seed(config.run.seed)  # identical initial weights on every rank
         self.model = Autoencoder(config.model)
         self.source_scale_factor = self._init_from(config.init_from) if config.init_from else None
@@ -276,6 +282,6 @@ class AutoencoderTrainer:
         )
 
 
-def train_autoencoder(config: AutoencoderTrainingConfig, resume: bool = False) -> Path:
+def train_autoencoder(config: AutoencoderTrainingConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Train stage 1 as configured; returns the exported autoencoder folder (``run_dir/final``)."""
-    return AutoencoderTrainer(config, resume=resume).train()
+    return AutoencoderTrainer(config, resume=resume, overwrite=overwrite).train()

@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = stages.add_parser(stage, help=text, description=text)
         parser.add_argument("--config", required=True, type=Path, help="YAML or JSON training config")
         parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace the run already in run.run_dir (without it a used folder is refused)")
         parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                             help="override config fields, e.g. run.max_steps=100 optim.lr=1e-4")
         parser.set_defaults(func=_run, stage_name=stage)
@@ -35,11 +37,11 @@ def _run(args: argparse.Namespace) -> int:
         from latent_diffusion.training.autoencoder import AutoencoderTrainingConfig, train_autoencoder
 
         config = AutoencoderTrainingConfig.load(args.config).with_overrides(args.overrides)
-        final = train_autoencoder(config, resume=args.resume)
+        final = train_autoencoder(config, resume=args.resume, overwrite=args.overwrite)
     else:
         from latent_diffusion.training.diffusion import DiffusionTrainingConfig, train_diffusion
 
         config = DiffusionTrainingConfig.load(args.config).with_overrides(args.overrides)
-        final = train_diffusion(config, resume=args.resume)
+        final = train_diffusion(config, resume=args.resume, overwrite=args.overwrite)
     print(f"model written to {final}")
     return 0

@@ -49,6 +49,7 @@ from latent_diffusion.training.latent_cache import (
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, memory_format, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
 from latent_diffusion.unet import UNet, UNetConfig
 from latent_diffusion.validation import check_choice, check_in_range
@@ -113,11 +114,16 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 class DiffusionTrainer:
     """Builds the models, caches, optimizer and logger of a run; :meth:`train` runs it."""
 
-    def __init__(self, config: DiffusionTrainingConfig, resume: bool = False) -> None:
+    def __init__(self, config: DiffusionTrainingConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.config = config
         self.ctx = DistributedContext(resolve_device(config.run.device)).init()
         self.device = self.ctx.device
         self.run_dir = Path(config.run.run_dir)
+        # Before anything is written: a fresh run never lands in a folder holding another run.
+        stale = check_run_folder(self.run_dir, resume=resume, overwrite=overwrite)
+        if self.ctx.is_main:
+            clear_run_folder(stale)
+        self.ctx.barrier()
         torch.manual_seed(config.run.seed)  # identical initial weights on every rank and every run
         self.autoencoder = load_autoencoder(config.autoencoder).to(self.device)
         self.conditioner = build_conditioner(config.conditioner).to(self.device)
@@ -155,6 +161,12 @@ class DiffusionTrainer:
         key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict(),
                         *(["with-images"] if keep_images else []))
         dataset = dataset_from_config(config.data, "train")
+        # caption_mode "compose": a fresh caption per item and step from the dataset's caption
+        # sampler (so no picture has one fixed caption); the texts are then encoded each step.
+        self.composer = dataset if config.data.caption_mode == "compose" else None
+        if self.composer is not None and not hasattr(dataset, "compose_caption"):
+            raise ValueError(f"data.caption_mode=compose needs a dataset with a caption sampler (emoji-styles); "
+                             f"{config.data.name!r} has none: use caption_mode random")
         main = self.ctx.is_main
         # caption_mode "random": keep every wording of each item and pick one per step.
         variants = config.data.caption_mode == "random"
@@ -169,7 +181,7 @@ class DiffusionTrainer:
                                      all_variants=variants, keep_images=keep_images)
         text = None
         frozen_text = self.conditioner.kind in ("minilm", "clip")
-        if frozen_text and config.cache_text:
+        if frozen_text and config.cache_text and self.composer is None:
             text_key = cache_key(key, config.conditioner.to_dict())
             path = cache_dir / f"text-{text_key}.safetensors"
             if main:
@@ -181,7 +193,13 @@ class DiffusionTrainer:
 
     def _conditions(self, index: torch.Tensor, choice: torch.Tensor, dropped: torch.Tensor) -> dict[str, torch.Tensor]:
         """UNet kwargs for dataset items ``index`` (caption variant ``choice``), ``dropped`` ones unconditional."""
-        captions = self.latents.pick_captions(index, choice)
+        if self.composer is not None:
+            # Each item's caption is drawn from its own generator, seeded by the item's draw of
+            # the step generator: the same captions on resume and with any number of ranks.
+            captions = [self.composer.compose_caption(i, torch.Generator().manual_seed(c))
+                        for i, c in zip(index.tolist(), choice.tolist())]
+        else:
+            captions = self.latents.pick_captions(index, choice)
         kind = self.conditioner.kind
         if self.text is not None:
             cond = self.text.lookup(captions, dropped)
@@ -373,6 +391,6 @@ class DiffusionTrainer:
         )
 
 
-def train_diffusion(config: DiffusionTrainingConfig, resume: bool = False) -> Path:
+def train_diffusion(config: DiffusionTrainingConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Train stage 2 as configured; returns the exported model folder (``run_dir/final``)."""
-    return DiffusionTrainer(config, resume=resume).train()
+    return DiffusionTrainer(config, resume=resume, overwrite=overwrite).train()
