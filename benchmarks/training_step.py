@@ -1,12 +1,17 @@
-"""Step time of the two default training configs, fp32 vs bf16 autocast, and the share of data waiting.
+"""Step time of the training configs in each speed mode, and the share of it spent waiting for data.
 
-For ``configs/emoji-autoencoder.yaml`` (stage 1) and ``configs/emoji-diffusion.yaml`` (stage 2)
-it builds the real trainers (stage 2 on a random autoencoder of the stage-1 architecture when no
-trained one exists, so it runs on a fresh machine once the emoji data is prepared), runs a few
-warm-up steps, then times N steps and, inside them, the time spent waiting for the next batch.
-The peer is the other precision in the same run: the table prints bf16 / fp32.
+Modes: ``fp32``, ``bf16`` (autocast), ``+cl`` (channels_last memory format) and ``+compile``
+(``torch.compile`` of the trained network, inductor; its compile time is printed apart and not in
+the step time). For each stage config it builds the real trainer (stage 2 on a random autoencoder
+of the stage-1 architecture when no trained one exists, so it runs on a fresh machine once the
+data is prepared), runs warm-up steps, then times N steps and, inside them, the time spent getting
+the next batch (stage 1: the DataLoader; stage 2: gathering latents and conditions). The peer is
+fp32 eager in the same run: the last column is the mode's time over fp32's. What the CPU has (bf16
+units, threads) is printed above the table; on a CPU without bf16 units bf16 modes are skipped.
 
-    python benchmarks/training_step.py [--steps 5] [--precisions fp32 bf16]
+    python benchmarks/training_step.py [--steps 5] [--modes fp32 bf16 bf16+cl bf16+compile]
+        [--autoencoder-configs configs/emoji-styles-autoencoder.yaml ...]
+        [--diffusion-configs configs/emoji-styles-diffusion.yaml ...]
 """
 
 from __future__ import annotations
@@ -19,47 +24,82 @@ from pathlib import Path
 import torch
 
 from latent_diffusion.autoencoder import Autoencoder
+from latent_diffusion.hardware import cpu_bf16_units, describe_cpu
 from latent_diffusion.io import save_module
 from latent_diffusion.training.autoencoder import AutoencoderTrainer, AutoencoderTrainingConfig
 from latent_diffusion.training.diffusion import DiffusionTrainer, DiffusionTrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 2  # the first steps allocate, fill caches and (with +compile) compile
+MODES = ("fp32", "bf16", "fp32+cl", "bf16+cl", "fp32+compile", "bf16+compile")
+DEFAULT_AUTOENCODERS = ("configs/emoji-styles-autoencoder.yaml", "configs/emoji-styles-autoencoder-f8.yaml")
+DEFAULT_DIFFUSION = ("configs/emoji-styles-diffusion.yaml",)
 
 
-def time_autoencoder(precision: str, steps: int, work: Path) -> tuple[float, float]:
-    """(seconds per step, share of it waiting for data) for stage 1."""
-    config = AutoencoderTrainingConfig.load(ROOT / "configs" / "emoji-autoencoder.yaml")
-    config = config.with_overrides([f"run.precision={precision}", f"run.run_dir={work / ('ae-' + precision)}",
-                                    "loss.disc_start=0"])
+def mode_overrides(mode: str, run_dir: Path) -> list[str]:
+    """Config overrides of one mode (compile is applied to the built trainer instead)."""
+    precision = mode.split("+")[0]
+    return [f"run.precision={precision}", f"run.channels_last={'+cl' in mode}", f"run.run_dir={run_dir}"]
+
+
+def compile_network(trainer: object, attribute: str, enabled: bool) -> None:
+    """Replace the trainer's network by its ``torch.compile`` wrapper (same parameters)."""
+    if enabled:
+        setattr(trainer, attribute, torch.compile(getattr(trainer, attribute)))
+
+
+def seconds_of(step, count: int) -> float:
+    """Wall seconds of ``count`` calls of ``step()``."""
+    began = time.perf_counter()
+    for _ in range(count):
+        step()
+    return time.perf_counter() - began
+
+
+def time_autoencoder(config_path: Path, mode: str, steps: int, work: Path) -> dict[str, float]:
+    """Stage 1 in one mode: s/step, data-wait share and warm-up (compile) seconds."""
+    config = AutoencoderTrainingConfig.load(config_path)
+    # The adversarial term on from the start, so every mode times the full loss.
+    config = config.with_overrides(mode_overrides(mode, work / f"ae-{mode}") + ["loss.disc_start=0"])
     trainer = AutoencoderTrainer(config)
+    compile_network(trainer, "model", "+compile" in mode)
     loader = iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=config.run.batch_size, shuffle=True,
                                               num_workers=config.run.num_workers))
-    trainer.train_step(next(loader)["image"])  # warm-up
     waiting = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
+
+    def step() -> None:
+        nonlocal waiting
         fetch = time.perf_counter()
         images = next(loader)["image"]
         waiting += time.perf_counter() - fetch
         trainer.train_step(images)
-    total = time.perf_counter() - start
-    return total / steps, waiting / total
+
+    warm = seconds_of(step, WARMUP_STEPS)
+    waiting = 0.0
+    total = seconds_of(step, steps)
+    return {"s_per_step": total / steps, "wait": waiting / total, "warmup_s": warm}
 
 
-def time_diffusion(precision: str, steps: int, work: Path) -> tuple[float, float]:
-    """(seconds per step, share of it gathering the batch from the latent cache) for stage 2."""
-    config = DiffusionTrainingConfig.load(ROOT / "configs" / "emoji-diffusion.yaml")
-    autoencoder = Path(config.autoencoder)
-    if not (ROOT / autoencoder / "autoencoder.json").is_file():
-        stage1 = AutoencoderTrainingConfig.load(ROOT / "configs" / "emoji-autoencoder.yaml")
-        autoencoder = work / "random-autoencoder"
-        save_module(Autoencoder(stage1.model), stage1.model, autoencoder, "autoencoder")
-    else:
-        autoencoder = ROOT / autoencoder
-    config = config.with_overrides([f"run.precision={precision}", f"run.run_dir={work / 'diffusion'}",
-                                    f"autoencoder={autoencoder}"])
+def stage1_folder(config: DiffusionTrainingConfig, stage1_config: Path, work: Path) -> Path:
+    """The configured autoencoder if it exists, else a random one of the stage-1 architecture."""
+    folder = Path(config.autoencoder)
+    folder = folder if folder.is_absolute() else ROOT / folder
+    if (folder / "autoencoder.json").is_file():
+        return folder
+    stage1 = AutoencoderTrainingConfig.load(stage1_config)
+    folder = work / "random-autoencoder"
+    if not folder.is_dir():
+        save_module(Autoencoder(stage1.model), stage1.model, folder, "autoencoder")
+    return folder
+
+
+def time_diffusion(config_path: Path, mode: str, steps: int, work: Path, stage1_config: Path) -> dict[str, float]:
+    """Stage 2 in one mode: s/step, share gathering the batch from the latent cache, warm-up seconds."""
+    config = DiffusionTrainingConfig.load(config_path)
+    autoencoder = stage1_folder(config, stage1_config, work)
+    config = config.with_overrides(mode_overrides(mode, work / f"unet-{mode}") + [f"autoencoder={autoencoder}"])
     trainer = DiffusionTrainer(config)
-    trainer.train_step()  # warm-up (and the caches are built before this)
+    compile_network(trainer, "unet", "+compile" in mode)
     waiting = 0.0
     original = trainer._conditions
 
@@ -71,49 +111,41 @@ def time_diffusion(precision: str, steps: int, work: Path) -> tuple[float, float
         return result
 
     trainer._conditions = timed_conditions  # type: ignore[method-assign]
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    total = time.perf_counter() - start
-    return total / steps, waiting / total
-
-
-def bf16_is_accelerated() -> bool:
-    """Whether a bf16 matmul runs at least a quarter as fast as fp32 here (else a bf16 run takes hours)."""
-    rates = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(256, 256, dtype=dtype)
-        a @ a
-        start = time.perf_counter()
-        a @ a
-        rates[dtype] = 1 / max(time.perf_counter() - start, 1e-9)
-    return rates[torch.bfloat16] > 0.25 * rates[torch.float32]
+    warm = seconds_of(trainer.train_step, WARMUP_STEPS)
+    waiting = 0.0
+    total = seconds_of(trainer.train_step, steps)
+    return {"s_per_step": total / steps, "wait": waiting / total, "warmup_s": warm}
 
 
 def main() -> None:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--stages", nargs="+", default=["autoencoder", "diffusion"],
-                        choices=["autoencoder", "diffusion"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--autoencoder-configs", nargs="*", default=list(DEFAULT_AUTOENCODERS))
+    parser.add_argument("--diffusion-configs", nargs="*", default=list(DEFAULT_DIFFUSION))
     args = parser.parse_args()
-    precisions = list(args.precisions)
-    if "bf16" in precisions and not bf16_is_accelerated():
-        precisions.remove("bf16")
-        print("bf16 skipped: bf16 matmuls on this CPU run far below fp32 (no bf16 matrix units); "
-              "see benchmarks/unet_speed.py for the measured rates")
-    results: dict[tuple[str, str], tuple[float, float]] = {}
+    modes = list(args.modes)
+    print(describe_cpu())
+    if cpu_bf16_units() is None and not torch.cuda.is_available():
+        modes = [m for m in modes if not m.startswith("bf16")]
+        print("bf16 modes skipped: this CPU has no bf16 matrix units (a bf16 run would take hours)")
+    rows: list[tuple[str, str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in args.stages:
-            for precision in precisions:
-                fn = time_autoencoder if stage == "autoencoder" else time_diffusion
-                results[stage, precision] = fn(precision, args.steps, Path(tmp))
-    print(f"threads={torch.get_num_threads()} steps={args.steps}")
-    print(f"{'stage':12s} {'precision':9s} {'s/step':>8s} {'data wait':>10s} {'vs fp32':>8s}")
-    for (stage, precision), (seconds, wait) in results.items():
-        base = results.get((stage, "fp32"), (seconds, 0))[0]
-        print(f"{stage:12s} {precision:9s} {seconds:8.3f} {wait:9.1%} {seconds / base:8.2f}")
+        work = Path(tmp)
+        for path in args.autoencoder_configs:
+            for mode in modes:
+                rows.append((path, mode, time_autoencoder(ROOT / path, mode, args.steps, work)))
+        for path in args.diffusion_configs:
+            for mode in modes:
+                rows.append((path, mode, time_diffusion(ROOT / path, mode, args.steps, work,
+                                                        ROOT / DEFAULT_AUTOENCODERS[0])))
+    print(f"steps={args.steps} (after {WARMUP_STEPS} warm-up steps; warm-up includes compilation)")
+    print(f"{'config':46s} {'mode':13s} {'s/step':>7s} {'data wait':>9s} {'warm-up s':>9s} {'vs fp32':>7s}")
+    for path, mode, r in rows:
+        base = next((x for p, m, x in rows if p == path and m == "fp32"), r)["s_per_step"]
+        print(f"{path:46s} {mode:13s} {r['s_per_step']:7.3f} {r['wait']:9.1%} {r['warmup_s']:9.1f} "
+              f"{r['s_per_step'] / base:7.2f}")
 
 
 if __name__ == "__main__":
