@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from latent_diffusion import data
@@ -47,7 +48,8 @@ def register(subparsers: Any) -> None:
     _dataset_arguments(preview)
     preview.add_argument("-o", "--output", required=True, help="PNG file to write")
     preview.add_argument("-n", "--count", type=int, default=16, help="number of images")
-    preview.add_argument("--split", default="validation", choices=data.SPLITS)
+    preview.add_argument("--split", default="validation", choices=data.EMOJI_STYLES_SPLITS,
+                         help="composition: emoji-styles only (its held-out concept/style pairs)")
     preview.add_argument("--resolution", type=int, default=64)
     preview.set_defaults(func=run_preview)
 
@@ -62,8 +64,15 @@ def _config(args: argparse.Namespace, **extra: Any) -> data.DataConfig:
 
 
 def split_counts(config: data.DataConfig) -> dict[str, int]:
-    """Number of items in the train and validation splits of ``config``."""
-    return {split: len(data.dataset_from_config(config, split)) for split in ("train", "validation")}
+    """Number of items in the train and validation splits (emoji-styles: and composition)."""
+    splits = ("train", "validation") + (("composition",) if config.name == "emoji-styles" else ())
+    return {split: len(data.dataset_from_config(config, split)) for split in splits}
+
+
+def concept_counts(config: data.DataConfig) -> dict[str, int]:
+    """emoji-styles: number of distinct concepts in each split."""
+    return {split: len({r.concept for r in data.dataset_from_config(config, split).records})
+            for split in data.EMOJI_STYLES_SPLITS if split != "all"}
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -93,8 +102,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     counts = split_counts(config)
     print(f"{args.name}: prepared in {seconds:.1f} s under {data.data_root()}")
     print("  " + ", ".join(f"{split}: {count}" for split, count in counts.items()))
-    if args.name == "emoji":
-        for style in data.emoji.STYLES:
+    if args.name in ("emoji", "emoji-styles"):
+        for style in config.styles:
             per_style = split_counts(config.replace(styles=(style,)))
             print(f"  {style}: " + ", ".join(f"{s}: {c}" for s, c in per_style.items()))
     return 0
@@ -110,11 +119,15 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"  source:  {spec.source}")
     print(f"  licence: {validation.licence or spec.licence}")
     print("  counts:  " + ", ".join(f"{split}: {count}" for split, count in counts.items()))
+    if args.name == "emoji-styles":
+        print("  concepts: " + ", ".join(f"{s}: {c}" for s, c in concept_counts(config).items()))
     if validation.class_names:
         print(f"  classes: {', '.join(validation.class_names)}")
     print("  example captions (validation):")
     for index in spread(len(validation), args.examples):
         print(f"    {validation.caption(index)!r}")
+        if hasattr(validation, "compose_caption"):  # seeded by the index: the same on every run
+            print(f"      composed: {validation.compose_caption(index, torch.Generator().manual_seed(index))!r}")
     return 0
 
 
