@@ -7,7 +7,10 @@ MODEL is a diffusion model folder (``model_index.json``) or an autoencoder folde
 * diffusion model: FID and KID of ``--num-samples`` generated images against the split's images
   (prompts: the split's captions / labels), and for emoji text-to-image models prompt adherence
   (top-1/top-5 retrieval for training and held-out prompts); ``--metrics reconstruction`` adds
-  its autoencoder's scores.
+  its autoencoder's scores;
+* text-to-image models on ``emoji-styles``, besides: composition (held-out concept-style pairs),
+  memorization (share of samples that copy a training picture) and seed diversity
+  (``latent_diffusion.evaluation.emoji_styles`` says how each works and where it misleads).
 
 Reference features (InceptionV3 of the split's images) and the adherence gallery's embeddings
 (all 7,572 emoji pictures) are computed once and cached in ``~/.cache/latent-diffusion/features``;
@@ -17,6 +20,7 @@ Examples::
 
     ldm eval runs/emoji-autoencoder/final --split validation
     ldm eval runs/emoji-diffusion/final --num-samples 256 --steps 25 --output eval.json
+    ldm eval models/emoji-styles --data emoji-styles --steps 20
     ldm eval MODEL --data imagefolder --data-path photos/ --metrics fid reconstruction
 """
 
@@ -37,26 +41,32 @@ def register(subparsers: Any) -> None:
     parser.add_argument("model", help="model folder (model_index.json) or autoencoder folder (autoencoder.json)")
     data = parser.add_argument_group("data")
     # Names are checked by EvalSettings, not argparse `choices`, so a typo is a one-line error.
-    data.add_argument("--data", default="emoji", help="emoji, fashion-mnist, mnist or imagefolder (default emoji)")
+    data.add_argument("--data", default="emoji", help="emoji, emoji-styles, fashion-mnist, mnist or imagefolder (default emoji)")
     data.add_argument("--data-path", default=None, help="imagefolder: the folder; others: a prepared folder")
-    data.add_argument("--split", default="validation", help="train, validation or all (default validation)")
+    data.add_argument("--split", default="validation", help="train, validation or all; emoji-styles also composition (default validation)")
     data.add_argument("--val-fraction", type=float, default=None, help="validation fraction (dataset default)")
     data.add_argument("--caption-mode", default="full", help="captions used as prompts: full, name or variant")
     data.add_argument("--resolution", type=int, default=None, help="autoencoder folders only (default 64)")
     data.add_argument("--styles", nargs="+", default=None, metavar="STYLE",
-                      help="emoji: google and/or twitter (default both)")
+                      help="emoji: google and/or twitter (default both); emoji-styles: its style names "
+                           "(default its six)")
     data.add_argument("--no-skin-tones", action="store_true",
                       help="emoji: base emoji only, without their skin-tone variants")
     what = parser.add_argument_group("metrics")
     what.add_argument("--metrics", nargs="+", default=None, metavar="GROUP",
-                      help="reconstruction, fid, adherence (default: reconstruction for autoencoders, "
-                           "fid [+ adherence for emoji text models] for diffusion models)")
+                      help="reconstruction, fid, adherence, composition, memorization, diversity (default: "
+                           "reconstruction for autoencoders, fid [+ adherence for emoji text models, + the "
+                           "last three for emoji-styles text models] for diffusion models)")
     what.add_argument("--num-samples", type=int, default=None,
                       help="generated images for FID/KID (default 256); for an autoencoder folder: "
                            "images reconstructed (default: the whole split)")
     what.add_argument("--num-reference", type=int, default=None,
                       help="real images for FID/KID and a diffusion model's reconstruction (default: all)")
     what.add_argument("--adherence-prompts", type=int, default=100, help="emoji per adherence prompt set")
+    what.add_argument("--memorization-samples", type=int, default=128,
+                      help="emoji-styles: samples checked for copies of training pictures")
+    what.add_argument("--diversity-prompts", type=int, default=16, help="emoji-styles: prompts of the seed diversity")
+    what.add_argument("--diversity-seeds", type=int, default=4, help="emoji-styles: samples per diversity prompt")
     what.add_argument("--kid-subsets", type=int, default=100, help="random subsets averaged by KID")
     what.add_argument("--no-perceptual", action="store_true", help="skip the perceptual distance")
     sampling = parser.add_argument_group("sampling")
@@ -84,7 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         num_samples=args.num_samples, num_reference=args.num_reference, metrics=metrics, sampler=args.sampler,
         steps=args.steps, guidance=args.guidance, spacing=args.spacing, seed=args.seed,
         batch_size=args.batch_size, adherence_prompts=args.adherence_prompts, kid_subsets=args.kid_subsets,
-        perceptual=not args.no_perceptual, device=args.device,
+        perceptual=not args.no_perceptual, device=args.device, memorization_samples=args.memorization_samples,
+        diversity_prompts=args.diversity_prompts, diversity_seeds=args.diversity_seeds,
     )
 
 
@@ -133,6 +144,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines += _reconstruction_lines(metrics.get("reconstruction"))
     lines += _generation_lines(metrics.get("generation"), result.get("feature_extractor"))
     lines += _adherence_lines(metrics.get("adherence"))
+    lines += _composition_lines(metrics.get("composition"))
+    lines += _memorization_lines(metrics.get("memorization"))
+    lines += _diversity_lines(metrics.get("diversity"))
     lines += ["notes"] + [f"  - {note}" for note in result["notes"]] if result["notes"] else []
     return "\n".join(lines)
 
@@ -164,4 +178,42 @@ def _adherence_lines(m: dict[str, Any] | None) -> list[str]:
     for key, label in (("training_prompts", "training prompts"), ("heldout_prompts", "held-out prompts")):
         s = m[key]
         lines.append(f"  {label:<28s}{s['top1']:8.3f}{s['top5']:8.3f}{s['chance_top1']:10.4f}{s['chance_top5']:10.4f}")
+    return lines
+
+
+def _composition_lines(m: dict[str, Any] | None) -> list[str]:
+    if m is None:
+        return []
+    accuracy = m["style_probe_validation_accuracy"]
+    lines = [f"composition ({m['num_pairs']} held-out concept-style pairs; {m['num_concepts']} concepts; style probe "
+             f"{'-' if accuracy is None else f'{accuracy:.3f}'} on real validation pictures)",
+             f"  {'':<28s}{'top-1':>8s}{'top-5':>8s}{'style':>8s}"]
+    for key, label in (("heldout_pairs", "held-out pairs"), ("seen_pairs", "seen pairs (control)")):
+        s = m[key]
+        lines.append(f"  {label:<28s}{s['top1']:8.3f}{s['top5']:8.3f}{s['style_accuracy']:8.3f}")
+    lines.append(f"  {'chance':<28s}{m['chance_top1']:8.4f}{m['chance_top5']:8.4f}{m['chance_style']:8.3f}")
+    return lines
+
+
+def _memorization_lines(m: dict[str, Any] | None) -> list[str]:
+    if m is None:
+        return []
+    lines = [f"memorization (nearest / second-nearest training drawing; a copy below {m['threshold']:.3g})",
+             f"  {'':<28s}{'copies':>8s}{'p10':>8s}{'median':>8s}{'n':>6s}"]
+    for key, label in (("samples", "samples"), ("real_validation", "real validation pictures"),
+                       ("real_composition", "real composition pictures")):
+        if key in m:
+            s = m[key]
+            lines.append(f"  {label:<28s}{s['copy_share']:8.3f}{s['ratio_p10']:8.3f}{s['ratio_median']:8.3f}{s['n']:6d}")
+    return lines
+
+
+def _diversity_lines(m: dict[str, Any] | None) -> list[str]:
+    if m is None:
+        return []
+    lines = [f"seed diversity ({m['num_prompts']} prompts x {m['seeds']} seeds; mean pairwise distance)",
+             f"  {'':<28s}{'samples':>10s}{'real styles':>13s}"]
+    for key, label in (("perceptual", "perceptual"), ("pixel", "grey levels (0-255)")):
+        if key in m:
+            lines.append(f"  {label:<28s}{m[key]['samples']:10.4g}{m[key]['real_styles']:13.4g}")
     return lines

@@ -132,15 +132,20 @@ def heldout_prompt(name: str, first: int, forbidden: set[str]) -> tuple[str, int
 def build_adherence_prompts(train: EmojiDataset, gallery: EmojiDataset, count: int = 100,
                             seed: int = 0) -> AdherencePrompts:
     """Draw ``count`` base emoji of the train split (seeded) and build both prompt sets."""
+    return build_prompt_sets(candidate_emoji(train, gallery), training_caption_variants(train), count, seed)
+
+
+def build_prompt_sets(candidates: dict[str, str], forbidden: set[str], count: int = 100,
+                      seed: int = 0) -> AdherencePrompts:
+    """Draw ``count`` of the ``candidates`` (id -> name; seeded) and build both prompt sets: the name,
+    and a held-out rewording that is none of the ``forbidden`` training captions."""
     if count < 1:
         raise ValueError(f"count={count!r} must be >= 1")
-    candidates = candidate_emoji(train, gallery)
     if count > len(candidates):
-        raise ValueError(f"count={count} exceeds the {len(candidates)} unambiguous base emoji of the train split")
+        raise ValueError(f"count={count} exceeds the {len(candidates)} unambiguous subjects of the train split")
     rng = np.random.RandomState(seed)
     codes = sorted(rng.choice(sorted(candidates), size=count, replace=False).tolist())
     firsts = rng.randint(len(HELDOUT_TEMPLATES), size=count).tolist()
-    forbidden = training_caption_variants(train)
     heldout, rerouted = [], 0
     for code, first in zip(codes, firsts):
         prompt, skipped = heldout_prompt(candidates[code], first, forbidden)
@@ -179,14 +184,26 @@ def emoji_adherence(components: DiffusionComponents, settings: EvalSettings, *,
     gallery_features = gallery_embeddings(gallery, embedder, cache_name(settings, channels, "gallery"),
                                           settings.batch_size, cache_dir, progress)
     result: dict[str, Any] = {"num_emoji": settings.adherence_prompts, "gallery_size": len(gallery),
-                              "embedder": getattr(embedder, "name", type(embedder).__name__),
-                              "templates_rerouted": prompts.rerouted}
+                              "embedder": getattr(embedder, "name", type(embedder).__name__)}
+
+    def generate(prompts: list[str], stream: str) -> torch.Tensor:
+        return generate_images(components, Conditions(prompts=prompts), len(prompts), sampler=settings.sampler,
+                               steps=settings.steps, guidance=settings.guidance or 1.0, seed=settings.seed,
+                               batch_size=settings.batch_size, spacing=settings.spacing, stream=stream,
+                               progress=progress)
+
+    return result | score_prompt_sets(prompts, generate, embedder, gallery_features, gallery_ids, settings.batch_size)
+
+
+def score_prompt_sets(prompts: AdherencePrompts, generate: Callable[[list[str], str], torch.Tensor],
+                      embedder: Callable[[torch.Tensor], torch.Tensor], gallery_features: torch.Tensor,
+                      gallery_ids: list[str], batch_size: int) -> dict[str, Any]:
+    """Score both prompt sets: ``generate(prompts, stream)`` gives one image per prompt (each set its
+    own noise stream), retrieved against the gallery."""
+    result: dict[str, Any] = {"templates_rerouted": prompts.rerouted}
     for prompt_set in (prompts.training, prompts.heldout):
-        images = generate_images(components, Conditions(prompts=prompt_set.prompts), len(prompt_set.prompts),
-                                 sampler=settings.sampler, steps=settings.steps, guidance=settings.guidance or 1.0,
-                                 seed=settings.seed, batch_size=settings.batch_size, spacing=settings.spacing,
-                                 stream=f"adherence-{prompt_set.name}", progress=progress)
-        scores = retrieval_ranks(embed(embedder, images, settings.batch_size), prompt_set.target_ids,
+        images = generate(prompt_set.prompts, f"adherence-{prompt_set.name}")
+        scores = retrieval_ranks(embed(embedder, images, batch_size), prompt_set.target_ids,
                                  gallery_features, gallery_ids)
         result[f"{prompt_set.name}_prompts"] = {
             "top1": scores.top1, "top5": scores.top5, "chance_top1": scores.chance_top1,

@@ -12,7 +12,11 @@ Metric groups (``EvalSettings.metrics``; empty = the default of the model kind):
   are the captions of randomly drawn split items (text models), their class labels (class
   models), or nothing (unconditional). Default for diffusion models.
 * ``adherence``: retrieval prompt adherence of emoji text-to-image models
-  (:mod:`latent_diffusion.evaluation.prompts`). Default for text models on ``emoji``.
+  (:mod:`latent_diffusion.evaluation.prompts`). Default for text models on ``emoji`` and
+  ``emoji-styles``.
+* ``composition``, ``memorization``, ``diversity``: generalization of ``emoji-styles`` text
+  models - held-out (concept, style) pairs, copies of training pictures, seed diversity
+  (:mod:`latent_diffusion.evaluation.emoji_styles`). Default for text models on ``emoji-styles``.
 
 FID is computed exactly without ``scipy.linalg.sqrtm`` (:func:`fid_exact`): sqrtm of a 2048 x 2048
 product takes 40-200 s on a small CPU, a symmetric eigen-decomposition ~3 s, and with fewer images
@@ -43,9 +47,10 @@ from tqdm import tqdm
 import latent_diffusion
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.config import Config
-from latent_diffusion.data import DATASET_NAMES, build_dataset, data_root
+from latent_diffusion.data import DATASET_NAMES, EMOJI_STYLES_SPLITS, build_dataset, data_root
 from latent_diffusion.data.common import SPLITS, ImageCaptionDataset
 from latent_diffusion.data.emoji import STYLES as EMOJI_STYLES
+from latent_diffusion.data.emoji_styles.styles import check_styles
 from latent_diffusion.evaluation.features_cache import FeatureSet, cached_dataset_features, extract_features
 from latent_diffusion.evaluation.fid import feature_statistics, kid
 from latent_diffusion.evaluation.reconstruction import evaluate_autoencoder
@@ -57,7 +62,9 @@ from latent_diffusion.sampling.discretization import SPACINGS
 from latent_diffusion.validation import check_choice, check_positive
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
-METRIC_GROUPS = ("reconstruction", "fid", "adherence")
+STYLES_GROUPS = ("composition", "memorization", "diversity")  # emoji-styles text models only
+METRIC_GROUPS = ("reconstruction", "fid", "adherence", *STYLES_GROUPS)
+STYLED_DATA = ("emoji", "emoji-styles")  # the datasets with styles and skin tones
 TEXT_KINDS = ("minilm", "transformer", "clip")
 DEFAULT_DIFFUSION_SAMPLES = 256
 DEFAULT_GUIDANCE = 4.0  # what training previews use (PreviewConfig.guidance)
@@ -81,7 +88,7 @@ class EvalSettings(Config):
     model: str
     data: str = "emoji"
     data_path: str | None = None
-    split: Literal["train", "validation", "all"] = "validation"
+    split: Literal["train", "validation", "composition", "all"] = "validation"
     val_fraction: float | None = None
     caption_mode: Literal["full", "name", "variant"] = "full"
     resolution: int | None = None
@@ -98,23 +105,32 @@ class EvalSettings(Config):
     kid_subsets: int = 100
     perceptual: bool = True
     device: str = "cpu"
-    # emoji only: the styles and whether skin-tone variants are in the split (None: all styles).
+    # emoji-styles generalization groups: samples checked for copies, prompts x seeds for diversity
+    memorization_samples: int = 128
+    diversity_prompts: int = 16
+    diversity_seeds: int = 4
+    # emoji and emoji-styles: the styles and whether skin-tone variants are in the split (None: all styles).
     # The adherence gallery always holds every emoji picture, whatever these say.
     styles: tuple[str, ...] | None = None
     skin_tones: bool = True
 
     def __post_init__(self) -> None:
         check_choice("data", self.data, DATASET_NAMES)
-        check_choice("split", self.split, SPLITS)
+        check_choice("split", self.split, EMOJI_STYLES_SPLITS if self.data == "emoji-styles" else SPLITS)
         check_choice("caption_mode", self.caption_mode, ("full", "name", "variant"))
         check_choice("sampler", self.sampler, sorted(SAMPLERS))
         if self.spacing is not None:
             check_choice("spacing", self.spacing, SPACINGS)
-        for name in ("steps", "batch_size", "adherence_prompts", "kid_subsets"):
+        for name in ("steps", "batch_size", "adherence_prompts", "kid_subsets", "memorization_samples",
+                     "diversity_prompts"):
             check_positive(name, getattr(self, name))
-        if (self.styles is not None or not self.skin_tones) and self.data != "emoji":
+        if self.diversity_seeds < 2:
+            raise ValueError(f"diversity_seeds={self.diversity_seeds!r} must be >= 2 (diversity compares pairs)")
+        if (self.styles is not None or not self.skin_tones) and self.data not in STYLED_DATA:
             raise ValueError(f"styles and skin_tones select emoji pictures; data={self.data!r} has neither")
-        for style in self.styles or ():
+        if self.data == "emoji-styles" and self.styles is not None:
+            self.styles = check_styles(self.styles)
+        for style in (self.styles or ()) if self.data == "emoji" else ():
             check_choice("styles", style, EMOJI_STYLES)
         for name in ("num_samples", "resolution"):
             if getattr(self, name) is not None:
@@ -173,9 +189,13 @@ def resolve_settings(settings: EvalSettings, model: LoadedModel) -> EvalSettings
     metrics = settings.metrics or default_metrics(model, settings.data)
     if model.kind == "autoencoder" and set(metrics) - {"reconstruction"}:
         raise ValueError(f"metrics={list(metrics)}: an autoencoder folder supports only 'reconstruction'")
-    if "adherence" in metrics and (settings.data != "emoji" or kind not in TEXT_KINDS):
-        raise ValueError(f"metrics 'adherence' needs a text-to-image model (conditioner {kind!r}) on data='emoji'"
-                         f" (got data={settings.data!r})")
+    if "adherence" in metrics and (settings.data not in STYLED_DATA or kind not in TEXT_KINDS):
+        raise ValueError(f"metrics 'adherence' needs a text-to-image model (conditioner {kind!r}) on data='emoji' "
+                         f"or 'emoji-styles' (got data={settings.data!r})")
+    for group in set(metrics) & set(STYLES_GROUPS):
+        if settings.data != "emoji-styles" or kind not in TEXT_KINDS:
+            raise ValueError(f"metrics {group!r} needs a text-to-image model (conditioner {kind!r}) on "
+                             f"data='emoji-styles' (got data={settings.data!r})")
     num_samples = settings.num_samples
     if num_samples is None and model.kind == "diffusion":
         num_samples = DEFAULT_DIFFUSION_SAMPLES
@@ -194,9 +214,12 @@ def resolve_settings(settings: EvalSettings, model: LoadedModel) -> EvalSettings
 
 
 def default_metrics(model: LoadedModel, data: str) -> tuple[str, ...]:
-    """``reconstruction`` for autoencoders; ``fid`` (+ ``adherence`` for emoji text models) otherwise."""
+    """``reconstruction`` for autoencoders; ``fid`` (+ ``adherence`` for emoji text models, + the
+    generalization groups for emoji-styles text models) otherwise."""
     if model.kind == "autoencoder":
         return ("reconstruction",)
+    if data == "emoji-styles" and model.conditioner_kind in TEXT_KINDS:
+        return ("fid", "adherence", *STYLES_GROUPS)
     if data == "emoji" and model.conditioner_kind in TEXT_KINDS:
         return ("fid", "adherence")
     return ("fid",)
@@ -209,7 +232,7 @@ def build_eval_dataset(settings: EvalSettings, channels: int, split: str | None 
                        **options: Any) -> ImageCaptionDataset:
     """The dataset split the settings name, at the model's resolution and channel count."""
     extra = {"path": settings.data_path, "channels": channels, "caption_mode": settings.caption_mode}
-    if settings.data == "emoji":
+    if settings.data in STYLED_DATA:
         extra.update(skin_tones=settings.skin_tones, **({"styles": settings.styles} if settings.styles else {}))
     extra.update(options)
     if settings.val_fraction is not None:
@@ -493,12 +516,15 @@ def generation_metrics(components: DiffusionComponents, dataset: ImageCaptionDat
 
 
 def evaluate(settings: EvalSettings, *, extractor: Extractor | None = None, embedder: Extractor | None = None,
+             perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              cache_dir: str | Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the evaluation ``settings`` describe and return the result (what ``ldm eval`` writes).
 
     ``extractor`` replaces the FID InceptionV3 (any callable images ``[B, C, H, W]`` in [-1, 1] ->
     features ``[B, D]``; give it a ``name`` string to cache reference features), ``embedder`` the
-    adherence embedder (default EfficientNet-Lite0). Both exist so tests can run quickly; numbers
+    adherence and generalization embedder (default EfficientNet-Lite0), ``perceptual`` the seed
+    diversity's distance (default the LPIPS-style distance unless ``settings.perceptual`` is False).
+    They exist so tests can run quickly; numbers
     from other extractors are not FIDs and are labelled with the extractor's name.
     ``cache_dir``: the feature cache (default ``~/.cache/latent-diffusion/features``).
     """
@@ -528,11 +554,21 @@ def evaluate(settings: EvalSettings, *, extractor: Extractor | None = None, embe
         notes.append(f"FID of {metrics['generation']['num_generated']} samples against "
                      f"{metrics['generation']['num_reference']} real images: biased upwards at small N "
                      "(compare only at equal N); KID is unbiased")
-    if "adherence" in settings.metrics:
+    if "adherence" in settings.metrics and settings.data == "emoji":
         from latent_diffusion.evaluation.prompts import emoji_adherence
 
         metrics["adherence"] = emoji_adherence(model.components, settings, embedder=embedder,
                                                cache_dir=cache_dir, progress=progress)
+    styles_groups = tuple(g for g in settings.metrics if g in STYLES_GROUPS or
+                          (g == "adherence" and settings.data == "emoji-styles"))
+    if styles_groups:
+        from latent_diffusion.evaluation.emoji_styles import styles_generalization
+        from latent_diffusion.evaluation.reconstruction import default_perceptual
+
+        if perceptual is None and settings.perceptual and "diversity" in styles_groups:
+            perceptual = default_perceptual().to(device)
+        metrics |= styles_generalization(model.components, settings, styles_groups, embedder=embedder,
+                                         perceptual=perceptual, cache_dir=cache_dir, progress=progress)
     return {
         "format": RESULT_FORMAT,
         "version": 1,

@@ -94,6 +94,7 @@ class EmojiStylesDataset(ImageCaptionDataset):
         for r in everything:
             prepared_styles[r.concept].add(r.style)
         self.composition = composition_pairs(prepared_styles, composition_fraction, val_fraction)
+        self.val_fraction = val_fraction
         self.records = [r for r in everything if r.style in self.styles and (skin_tones or not r.tone)
                         and (split == "all" or split_of(r.concept, r.style, self.composition, val_fraction) == split)]
         self.licence = "; ".join(f"{s}: {self.manifest['styles'][s]['licence']}" for s in self.styles)
@@ -130,6 +131,11 @@ class EmojiStylesDataset(ImageCaptionDataset):
     def key(self, index: int) -> str:
         r = self.records[index]
         return f"emoji-styles/{r.style}/{r.concept}{'_' + r.tone if r.tone else ''}"
+
+    def split_of(self, index: int) -> str:
+        """``train``, ``validation`` or ``composition``: the split item ``index`` belongs to."""
+        r = self.records[index]
+        return split_of(r.concept, r.style, self.composition, self.val_fraction)
 
     def extra(self, index: int) -> dict[str, Any]:
         r = self.records[index]
