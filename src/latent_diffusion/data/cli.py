@@ -1,7 +1,8 @@
 """``ldm data``: prepare, list, describe and preview the datasets.
 
 * ``ldm data list``: every dataset, whether it is prepared, and where it lives;
-* ``ldm data prepare NAME [--force]``: fetch and cache (idempotent), then print counts per split;
+* ``ldm data prepare NAME [--force] [--styles ...]``: fetch and cache (idempotent), then print counts
+  per split (``--styles``: emoji-styles only, e.g. to opt in to OpenMoji);
 * ``ldm data info NAME [--path DIR]``: counts, class names, example captions, source and licence;
 * ``ldm data preview NAME -o grid.png``: a grid of images, captions printed row by row.
 """
@@ -20,7 +21,11 @@ import torch
 from PIL import Image
 
 from latent_diffusion import data
+from latent_diffusion.data import cache
 from latent_diffusion.data.cache import PreparationError
+from latent_diffusion.data.emoji_styles import styles as emoji_styles_ids
+from latent_diffusion.data.emoji_styles.prepare import dataset_dir as emoji_styles_dir
+from latent_diffusion.data.emoji_styles.prepare import prepare_emoji_styles
 from latent_diffusion.data.common import ImageCaptionDataset
 from latent_diffusion.io import atomic_write
 
@@ -37,6 +42,9 @@ def register(subparsers: Any) -> None:
     prepare = commands.add_parser("prepare", help="fetch a dataset into the cache")
     prepare.add_argument("name", choices=[n for n, s in data.DATASETS.items() if s.prepare])
     prepare.add_argument("--force", action="store_true", help="prepare again even if cached")
+    prepare.add_argument("--styles", nargs="+", default=None, metavar="STYLE",
+                         help="emoji-styles: the styles to prepare (default its six; add openmoji, CC-BY-SA 4.0, "
+                              "to opt in)")
     prepare.set_defaults(func=run_prepare)
 
     info = commands.add_parser("info", help="counts, example captions and licence of a dataset")
@@ -93,12 +101,15 @@ def run_prepare(args: argparse.Namespace) -> int:
     spec = data.DATASETS[args.name]
     start = time.perf_counter()
     try:
-        spec.prepare(args.force)
+        if args.styles is not None:
+            prepare_styles(args.name, tuple(args.styles), args.force)
+        else:
+            spec.prepare(args.force)
     except PreparationError as err:
         print(f"ldm data prepare: error: {err}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    config = data.DataConfig(name=args.name)
+    config = data.DataConfig(name=args.name, styles=tuple(args.styles) if args.styles else None)
     counts = split_counts(config)
     print(f"{args.name}: prepared in {seconds:.1f} s under {data.data_root()}")
     print("  " + ", ".join(f"{split}: {count}" for split, count in counts.items()))
@@ -107,6 +118,20 @@ def run_prepare(args: argparse.Namespace) -> int:
             per_style = split_counts(config.replace(styles=(style,)))
             print(f"  {style}: " + ", ".join(f"{s}: {c}" for s, c in per_style.items()))
     return 0
+
+
+def prepare_styles(name: str, styles: tuple[str, ...], force: bool) -> None:
+    """``prepare --styles``: emoji-styles only; a folder prepared with other styles needs ``--force``."""
+    if name != "emoji-styles":
+        raise ValueError(f"--styles chooses the styles of emoji-styles; {name!r} is prepared whole (omit --styles)")
+    styles = emoji_styles_ids.check_styles(styles)
+    folder = emoji_styles_dir()
+    if cache.is_prepared(folder) and not force:
+        prepared = sorted(cache.read_manifest(folder).get("styles", {}))
+        if prepared != sorted(styles):
+            raise ValueError(f"{str(folder)!r} is prepared with styles {prepared}; add --force to prepare "
+                             f"{list(styles)} instead")
+    prepare_emoji_styles(force=force, styles=styles)
 
 
 def run_info(args: argparse.Namespace) -> int:
