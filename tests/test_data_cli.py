@@ -89,3 +89,28 @@ def test_prepare_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "train: " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["data", "prepare", "imagefolder"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--resolution", "100000"], "--resolution=100000 must be between 1 and 1024"),
+    (["-n", "100000"], "--count=100000 must be between 1 and 1024"),
+    (["-o", "grid.gif"], "write a .png, .jpg or .webp file"),
+    (["-o", "missing/grid.png"], "output folder .*missing' does not exist"),
+])
+def test_preview_bad_input_is_one_line_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch, extra, message) -> None:
+    import re
+
+    prepare_fake_mnist(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["data", "preview", "mnist", "-o", "grid.png", *extra]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    assert not list(tmp_path.glob("grid*")) and not list(tmp_path.glob(".grid*"))
+
+
+def test_preview_writes_the_format_its_name_says(tmp_path: Path) -> None:
+    prepare_fake_mnist(tmp_path)
+    output = tmp_path / "grid.jpg"
+    assert cli.main(["data", "preview", "mnist", "-o", str(output), "-n", "4", "--split", "all"]) == 0
+    assert Image.open(output).format == "JPEG"

@@ -362,6 +362,8 @@ def test_styles_and_skin_tones_select_the_split_but_never_the_gallery(tmp_path, 
     (["--metrics", "adherence"], "metrics 'adherence' needs a text-to-image model"),
     (["--metrics", "fid", "--num-samples", "1"], "must be >= 2 for FID"),
     (["--sampler", "magic"], "sampler='magic' is not supported"),
+    (["--output", "/no-such-folder/m.json"], "output folder '/no-such-folder' does not exist; create it"),
+    (["--device", "foo"], "unknown device 'foo'"),
 ])
 def test_bad_inputs_exit_2_with_one_line(workspace, monkeypatch, capsys, tmp_path, extra, message):
     fast(monkeypatch)

@@ -148,6 +148,11 @@ def broken_config(model: Path, tmp_path: Path) -> Path:
     (["-o", "missing/out.png"], None, "output folder .*missing' does not exist; create it"),
     (["-o", "notes.txt/out.png"], None, "does not exist"),
     (["-o", "out.jpg"], None, "must be a .png file"),
+    (["--size", "100000"], None, r"need about \d+\.\d GiB .* at most \d+ px a side on this model"),
+    (["--size", "2048", "-n", "5000"], None, r"at most \d+ px a side on this model for 5000 images"),
+    (["--device", "foo"], None, "unknown device 'foo'; choose cpu, cuda"),
+    pytest.param(["--device", "cuda"], None, "has no usable CUDA device",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is here")),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_file(ldm, model: Path, tmp_path: Path, args, model_fn, match) -> None:
     (Path.cwd() / "notes.txt").write_text("a file, not a folder")
@@ -158,6 +163,14 @@ def test_bad_input_is_one_line_exit_2_and_no_file(ldm, model: Path, tmp_path: Pa
     assert len(lines) == 1 and lines[0].startswith("ldm generate: error:"), err
     assert re.search(match, lines[0]), lines[0]
     assert files_in(Path.cwd()) == ["notes.txt"]  # no image, no temporary file
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(ldm) -> None:
+    # What Python makes of the shell's `"$(printf 'red \xff heart')"`: a lone surrogate.
+    rc, out, err = ldm("red \udcff heart")
+    assert rc == 2 and err.strip().splitlines() == [
+        "ldm generate: error: prompts[0] is not valid UTF-8 text (an undecodable byte at character 4); "
+        "write the prompt in UTF-8"]
 
 
 def test_a_failed_write_leaves_no_file(ldm, monkeypatch) -> None:

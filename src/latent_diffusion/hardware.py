@@ -18,10 +18,27 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+DEVICE_CHOICES = "cpu, cuda, cuda:N, mps or auto"
+
+
 def resolve_device(name: str) -> str:
-    """``auto`` means CUDA when available, else CPU; anything else is passed to torch as is."""
+    """``auto`` means CUDA when available, else CPU; any other name is checked before a model is
+    loaded: a typo, or a device this PyTorch build cannot reach, is a ValueError that says so."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; choose {DEVICE_CHOICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this PyTorch has no usable CUDA device "
+                             "(torch.cuda.is_available() is False); use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r}: Apple's MPS is not available here; use cpu or auto")
     return name
 
 
@@ -66,4 +83,4 @@ def describe_cpu() -> str:
     return f"CPU threads {torch.get_num_threads()}, bf16 units: {units}, capability {torch.backends.cpu.get_cpu_capability()}"
 
 
-__all__ = ["PRECISIONS", "cpu_bf16_units", "describe_cpu", "has_fast_bf16", "resolve_device", "resolve_precision"]
+__all__ = ["DEVICE_CHOICES", "PRECISIONS", "cpu_bf16_units", "describe_cpu", "has_fast_bf16", "resolve_device", "resolve_precision"]

@@ -68,6 +68,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def check_writable_folder(folder: str | Path, option: str = "-o PATH") -> None:
+    """Raise a ValueError (naming ``option``) unless ``folder`` exists and a file can be created in
+    it: checked before any work, so a long job never ends on an unwritable target."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"output folder {str(folder)!r} does not exist; create it (mkdir -p {folder}) "
+                         f"or choose another {option}")
+    try:  # a real write: access() says yes to root on read-only mounts
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {str(folder)!r} is not writable ({err.strerror}); "
+                         f"choose another {option}") from None
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``."""
     atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -68,9 +68,11 @@ class AttnBlock(nn.Module):
         """Return ``x + proj_out(attention(norm(x)))``."""
         b, c, h, w = x.shape
         normed = self.norm(x)
-        # [B, C, H, W] -> [B, 1 head, H*W tokens, C]
+        # [B, C, H, W] -> [B, 1 head, H*W tokens, C]. Contiguous, or PyTorch's CPU kernel takes the
+        # math path and stores the whole [T, T] score matrix: 2.3 GB at 128x128 latents, measured,
+        # and 2^38 bytes asked for a 512 px input to the x4 upscaler; contiguous, 8 MB.
         q, k, v = (
-            t.reshape(b, 1, c, h * w).transpose(-1, -2)
+            t.reshape(b, 1, c, h * w).transpose(-1, -2).contiguous()
             for t in (self.q(normed), self.k(normed), self.v(normed))
         )
         out = F.scaled_dot_product_attention(q, k, v)

@@ -60,6 +60,14 @@ def check_prompts(prompts: Any, name: str = "prompts") -> list[str]:
             raise ValueError(
                 f"{name}[{i}]={prompt!r} is a {type(prompt).__name__}; every prompt must be a str"
             )
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:
+            # Python keeps undecodable command-line bytes as lone surrogates ("\udcff" for 0xff).
+            raise ValueError(
+                f"{name}[{i}] is not valid UTF-8 text (an undecodable byte at character {err.start}); "
+                "write the prompt in UTF-8"
+            ) from None
     return list(prompts)
 
 

@@ -27,7 +27,10 @@ from latent_diffusion.data.emoji_styles import styles as emoji_styles_ids
 from latent_diffusion.data.emoji_styles.prepare import dataset_dir as emoji_styles_dir
 from latent_diffusion.data.emoji_styles.prepare import prepare_emoji_styles
 from latent_diffusion.data.common import ImageCaptionDataset
-from latent_diffusion.io import atomic_write
+from latent_diffusion.io import atomic_write, check_writable_folder
+
+MAX_PREVIEW_IMAGES = 1024
+MAX_PREVIEW_SIDE = 1024
 
 
 def register(subparsers: Any) -> None:
@@ -179,15 +182,23 @@ def image_grid(dataset: ImageCaptionDataset, indices: list[int]) -> Image.Image:
 
 def run_preview(args: argparse.Namespace) -> int:
     """Save a grid of ``--count`` images of a split and print each caption with its cell."""
-    if args.count <= 0:
-        raise ValueError(f"--count={args.count} must be > 0")
+    if not 0 < args.count <= MAX_PREVIEW_IMAGES:
+        raise ValueError(f"--count={args.count} must be between 1 and {MAX_PREVIEW_IMAGES}")
+    if not 0 < args.resolution <= MAX_PREVIEW_SIDE:
+        raise ValueError(f"--resolution={args.resolution} must be between 1 and {MAX_PREVIEW_SIDE} px "
+                         "(a preview is for looking at the data)")
+    output = Path(args.output)
+    formats = Image.registered_extensions()
+    image_format = formats.get(output.suffix.lower())
+    if image_format not in ("PNG", "JPEG", "WEBP"):
+        raise ValueError(f"--output {str(output)!r}: write a .png, .jpg or .webp file")
+    check_writable_folder(output.parent, "-o FILE")
     dataset = data.dataset_from_config(_config(args, resolution=args.resolution), args.split)
     indices = spread(len(dataset), args.count)
     if not indices:
         raise ValueError(f"the {args.split} split of {args.name} is empty")
     grid = image_grid(dataset, indices)
-    output = Path(args.output)
-    atomic_write(output, lambda tmp: grid.save(tmp, format="PNG"))
+    atomic_write(output, lambda tmp: grid.save(tmp, format=image_format))
     columns = max(1, math.ceil(math.sqrt(len(indices))))
     for cell, index in enumerate(indices):
         print(f"[{cell // columns},{cell % columns}] {dataset.caption(index)}")

@@ -64,7 +64,7 @@ def read_metadata(root: Path) -> dict[str, dict[str, Any]]:
     for meta in sorted(root.rglob(METADATA_NAME)):
         if _is_hidden(meta, root):
             continue
-        for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_utf8(meta).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -100,7 +100,16 @@ def _caption(path: Path, record: dict[str, Any] | None) -> str:
         if text is not None:
             return str(text).strip()
     beside = path.with_suffix(".txt")
-    return beside.read_text(encoding="utf-8").strip() if beside.is_file() else ""
+    return read_utf8(beside).strip() if beside.is_file() else ""
+
+
+def read_utf8(path: Path) -> str:
+    """A caption or metadata file's text; a file that is not UTF-8 is a ValueError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                         f"{err.start}); save it as UTF-8") from None
 
 
 def _folder_label(relative: str) -> str | None:

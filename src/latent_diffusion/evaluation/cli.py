@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_diffusion.evaluation.runner import EvalSettings, evaluate, write_metrics
+from latent_diffusion.io import check_writable_folder
 
 
 def register(subparsers: Any) -> None:
@@ -105,6 +106,7 @@ def run_eval(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise ValueError(f"--output {str(output)!r} is a folder; give a file name such as metrics.json")
+    check_writable_folder(output.parent, "--output FILE")  # before the evaluation, not after it
     if not Path(args.model).exists():
         raise FileNotFoundError(f"model folder {args.model!r} does not exist")
     result = evaluate(settings, cache_dir=args.cache_dir, progress=not args.no_progress)

@@ -54,6 +54,7 @@ from latent_diffusion.data.emoji_styles.styles import check_styles
 from latent_diffusion.evaluation.features_cache import FeatureSet, cached_dataset_features, extract_features
 from latent_diffusion.evaluation.fid import feature_statistics, kid
 from latent_diffusion.evaluation.reconstruction import evaluate_autoencoder
+from latent_diffusion.hardware import resolve_device
 from latent_diffusion.io import atomic_write_text, load_module
 from latent_diffusion.pipelines.components import INDEX_FILE, DiffusionComponents, load_components, model_hash
 from latent_diffusion.pipelines.generate import DEFAULT_SPACING, decode_images, sample_latents, text_conditions
@@ -487,13 +488,6 @@ def reconstruction_metrics(autoencoder: Autoencoder, dataset: ImageCaptionDatase
 
 
 # ------------------------------------------------------------------------------------ the evaluation
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` = CUDA when available, else CPU; anything else is passed to torch as is."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def default_extractor(device: str) -> Extractor:

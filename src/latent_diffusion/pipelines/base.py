@@ -20,6 +20,7 @@ import torch
 
 import latent_diffusion
 from latent_diffusion.conditioning.conditioner import TEXT_KINDS
+from latent_diffusion.pipelines.budget import check_memory
 from latent_diffusion.pipelines.components import DiffusionComponents, load_components, model_hash
 from latent_diffusion.pipelines.generate import (
     decode_images,
@@ -36,6 +37,7 @@ from latent_diffusion.validation import check_choice, check_in_range, check_inte
 DEFAULT_MODEL_NAME = "emoji-32"
 DEFAULT_UPSCALER_NAME = "emoji-sr-x4"  # the default of Upscale / ``ldm upscale``
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
+DEFAULT_VAE_TILE = 64  # latents per tile side of enable_vae_tiling / --vae-tiling
 MAX_IMAGES = 10_000  # one batch; far beyond memory anyway, but catches a typo before any work
 
 
@@ -152,7 +154,7 @@ class Pipeline:
         self.model_hash = model_hash
         self.vae_tile: int | None = None
 
-    def enable_vae_tiling(self, tile: int = 64) -> None:
+    def enable_vae_tiling(self, tile: int = DEFAULT_VAE_TILE) -> None:
         """Decode images larger than ``tile`` latents per side in overlapping, blended tiles
         (diffusers' ``enable_vae_tiling``): bounded memory for large images, seams blended."""
         check_positive("tile", tile)
@@ -191,10 +193,11 @@ class Pipeline:
         """Image sides must be multiples of this: autoencoder factor f times UNet downsampling."""
         return self.components.autoencoder.downsampling_factor * self.components.unet.downsampling_factor
 
-    def check_size(self, size: int | None) -> int:
-        """The image side to make (``None``: native); a ValueError names the allowed sizes."""
+    def check_size(self, size: int | None, batch: int = 1) -> int:
+        """The image side to make (``None``: native); a ValueError names the allowed sizes, or the
+        largest that fits the memory budget for ``batch`` images (:mod:`~latent_diffusion.pipelines.budget`)."""
         if size is None:
-            return self.native_size
+            size = self.native_size
         m = self.size_multiple
         if isinstance(size, bool) or not isinstance(size, int) or size < m or size % m:
             below = max(m, (size // m) * m) if isinstance(size, int) else m
@@ -205,6 +208,7 @@ class Pipeline:
                 f"downsampling {self.components.unet.downsampling_factor}), e.g. {examples}; "
                 f"the native size is {self.native_size}"
             )
+        check_memory(self.components, size, batch, m, self.vae_tile, tile_hint=DEFAULT_VAE_TILE)
         return size
 
     # ---- stages -----------------------------------------------------------------------------
@@ -222,7 +226,7 @@ class Pipeline:
             raise ValueError("this model is unconditional (conditioner kind 'none'); use the empty prompt \"\"")
         return {}, {}
 
-    def prepare_image(self, image: ImageInput, size: int | None) -> tuple[Any, torch.Tensor, int]:
+    def prepare_image(self, image: ImageInput, size: int | None, batch: int = 1) -> tuple[Any, torch.Tensor, int]:
         """The checked input (PIL or tensor), as a [1, C, size, size] tensor in [-1, 1], and its size.
 
         ``size`` None: the model's native size. The image is resized to it when needed.
@@ -230,7 +234,7 @@ class Pipeline:
         channels = self.components.autoencoder.config.out_channels
         picture = read_image(image, channels)
         check_square(picture)
-        size = self.check_size(size)
+        size = self.check_size(size, batch)
         return picture, image_to_tensor(picture, size), size
 
     def prompt_batch(self, prompt: str | list[str], negative_prompt: str | list[str] | None,

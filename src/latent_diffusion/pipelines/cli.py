@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -119,15 +118,12 @@ def output_paths(output: Path | None, seed: int, count: int) -> list[Path]:
 
 
 def _check_folder_writable(folder: Path) -> None:
-    if not folder.is_dir():
-        raise UsageError(f"output folder {str(folder)!r} does not exist; create it (mkdir -p {folder}) "
-                         "or choose another -o PATH")
-    try:  # a real write: access() says yes to root on read-only mounts
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise UsageError(f"output folder {str(folder)!r} is not writable ({err.strerror}); "
-                         "choose another -o PATH") from err
+    from latent_diffusion.io import check_writable_folder
+
+    try:
+        check_writable_folder(folder)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None) -> Any:

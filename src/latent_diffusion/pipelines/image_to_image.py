@@ -51,7 +51,7 @@ class ImageToImage(Pipeline):
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
         batch = self.prompt_batch(prompt, negative_prompt, num_images)
-        _, pixels, size = self.prepare_image(image, size)
+        _, pixels, size = self.prepare_image(image, size, len(batch))
         timings: dict[str, float] = {}
         start = time.perf_counter()
         init = encode_images(self.components, pixels).float().cpu().expand(len(batch), -1, -1, -1)

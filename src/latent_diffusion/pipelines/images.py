@@ -29,7 +29,11 @@ def _open(value: str | Path, what: str) -> Any:
         with Image.open(path) as image:
             image.load()
             return image
-    except (UnidentifiedImageError, OSError) as err:
+    except Image.DecompressionBombError as err:
+        # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS before decoding them.
+        raise ValueError(f"{what} {str(path)!r} is too large to decode safely ({err}); pass a smaller "
+                         "image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{what} {str(path)!r} is not a readable image ({err}); pass a PNG or JPEG file") from err
 
 

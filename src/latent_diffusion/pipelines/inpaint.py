@@ -90,7 +90,7 @@ class Inpaint(Pipeline):
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
         batch = self.prompt_batch(prompt, negative_prompt, num_images)
-        picture, pixels, size = self.prepare_image(image, size)
+        picture, pixels, size = self.prepare_image(image, size, len(batch))
         hole = resize_mask(read_mask(mask, picture), size)
         count = len(batch)
         timings: dict[str, float] = {}

@@ -56,7 +56,7 @@ class TextToImage(Pipeline):
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
         batch = self.prompt_batch(prompt, negative_prompt, num_images)
-        size = self.check_size(size)
+        size = self.check_size(size, len(batch))
         timings: dict[str, float] = {}
         cond, uncond = self._encode(batch, timings)
         sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,

@@ -77,7 +77,7 @@ class Upscale(Pipeline):
         check_square(picture)
         side = picture.shape[-1] if hasattr(picture, "shape") else picture.size[0]
         try:
-            size = self.check_size(side * self.factor)
+            size = self.check_size(side * self.factor, len(batch))
         except ValueError as err:
             raise ValueError(f"a {side}x{side} input cannot be upscaled x{self.factor} by this model: {err}") from err
         latent_size = size // self.components.autoencoder.downsampling_factor

@@ -218,7 +218,7 @@ class Generator:
             picture = self._input_image(request, pipe, limits)
             side = picture.size[0] * pipe.factor
             try:
-                pipe.check_size(side)
+                pipe.check_size(side, request.num_images)
             except ValueError as err:
                 raise RequestError(f"a {picture.size[0]}x{picture.size[0]} input cannot be upscaled "
                                    f"x{pipe.factor} by this model: {err}") from err

@@ -1,0 +1,93 @@
+"""Bad input found by trying to break things (issue #20): devices, undecodable text and images,
+the per-call memory budget, and the autoencoder attention that used to store a [T, T] matrix."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from latent_diffusion.autoencoder.blocks import AttnBlock
+from latent_diffusion.conditioning.text import check_prompts
+from latent_diffusion.data.imagefolder import ImageFolderDataset
+from latent_diffusion.hardware import resolve_device
+from latent_diffusion.pipelines import TextToImage
+from latent_diffusion.pipelines import budget
+from latent_diffusion.pipelines.images import read_image
+from test_text_to_image import tiny_components
+
+
+def test_devices_are_checked_before_loading():
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'gpu0'; choose cpu, cuda, cuda:N, mps or auto"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no usable CUDA device"):
+            resolve_device("cuda:1")
+
+
+def test_undecodable_prompt_bytes_are_named():
+    with pytest.raises(ValueError, match=r"prompts\[1\] is not valid UTF-8 text .* character 2"):
+        check_prompts(["fine", "ab\udcffc"])
+
+
+def test_a_caption_file_that_is_not_utf8_names_the_file(tmp_path: Path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes(b"red \xff heart")
+    with pytest.raises(ValueError, match=r"a\.txt' is not UTF-8 text \(byte 0xff at offset 4\); save it as UTF-8"):
+        ImageFolderDataset(tmp_path, split="all")
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    Image.new("1", (300, 300)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 300 x 300 is over twice this
+    with pytest.raises(ValueError, match="bomb.png' is too large to decode safely"):
+        read_image(tmp_path / "bomb.png", 3)
+
+
+def test_autoencoder_attention_matches_the_softmax_formula():
+    torch.manual_seed(0)
+    block = AttnBlock(32, 8).eval()
+    x = torch.randn(2, 32, 6, 5)
+    with torch.no_grad():
+        normed = block.norm(x)
+        q, k, v = (t.flatten(2) for t in (block.q(normed), block.k(normed), block.v(normed)))  # [B, C, T]
+        weights = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(32), dim=-1)       # [B, T, T]
+        expected = x + block.proj_out((v @ weights.transpose(1, 2)).view_as(x))
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_memory_estimate_grows_and_bounds_the_largest_side(monkeypatch: pytest.MonkeyPatch):
+    components = tiny_components()
+    sizes = [16, 32, 64, 128]
+    totals = [budget.estimate_memory(components, s, 1).total for s in sizes]
+    assert totals == sorted(totals) and totals[-1] > totals[0]
+    one = budget.estimate_memory(components, 64, 1)
+    four = budget.estimate_memory(components, 64, 4)
+    assert four.unet == 4 * one.unet and four.decoder == 4 * one.decoder and four.weights == one.weights
+    tiled = budget.estimate_memory(components, 1024, 1, vae_tile=8)
+    assert tiled.decoder < budget.estimate_memory(components, 1024, 1).decoder and tiled.unet > 0
+    limit = budget.estimate_memory(components, 96, 2).total
+    monkeypatch.setenv(budget.BUDGET_ENV, str(limit / 2**30))
+    assert budget.memory_budget() == int(limit / 2**30 * 2**30)
+    most = budget.largest_side(components, 16, 2, budget.memory_budget())
+    assert most == 96 or (most < 96 and budget.estimate_memory(components, most + 16, 2).total > budget.memory_budget())
+    budget.check_memory(components, most, 2, 16)
+    with pytest.raises(ValueError, match=rf"at most {most} px a side on this model for 2 images"):
+        budget.check_memory(components, most + 16, 2, 16)
+
+
+def test_pipeline_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch):
+    pipe = TextToImage.from_pretrained(tiny_components())
+    monkeypatch.setenv(budget.BUDGET_ENV, "0.0001")
+    calls = []
+    monkeypatch.setattr(pipe, "_denoise", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match="over this machine's 0.0 GiB budget"):
+        pipe("a cat", steps=2)
+    assert calls == []
+    monkeypatch.setenv(budget.BUDGET_ENV, "lots")
+    with pytest.raises(ValueError, match="LDM_MEMORY_BUDGET_GB='lots' is not a number of GiB"):
+        pipe("a cat", steps=2)
