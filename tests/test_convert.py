@@ -243,6 +243,11 @@ def test_pickles_that_need_code_are_refused_never_run(sd1_state, tmp_path: Path,
     assert "this must never run" not in capsys.readouterr().out
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     refused(tmp_path / "junk.ckpt", tmp_path / "out", "not a readable PyTorch checkpoint")
+    import pickle
+
+    with open(tmp_path / "raw.ckpt", "wb") as handle:  # a plain pickle: the reason used to be empty
+        pickle.dump({"a": 1}, handle, protocol=4)
+    refused(tmp_path / "raw.ckpt", tmp_path / "out", r"not a readable PyTorch checkpoint: \S.* plain pickle")
 
 
 def test_bad_diffusers_folders_are_refused(tmp_path: Path) -> None:

@@ -45,9 +45,12 @@ def test_overwrite_replaces_the_run(finished) -> None:
     assert max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_resume_still_continues(finished) -> None:
+def test_resume_still_continues_and_removes_what_a_killed_export_left(finished) -> None:
     run_dir, config = finished
+    (run_dir / ".final.k1ll3d.tmp").mkdir()  # a kill during the final export leaves this
+    (run_dir / "notes.md").write_text("mine")
     assert main(["train", "autoencoder", "--config", str(config), "--resume", "run.max_steps=6"]) == 0
+    assert not (run_dir / ".final.k1ll3d.tmp").exists() and (run_dir / "notes.md").read_text() == "mine"
 
 
 def test_folder_with_foreign_files_is_never_emptied(tmp_path: Path) -> None:

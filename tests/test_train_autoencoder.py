@@ -96,6 +96,9 @@ def test_resume_is_bit_identical(images: Path, tmp_path: Path) -> None:
     da = load_tensors(tmp_path / "a" / "checkpoints" / "step-000004" / "discriminator.safetensors")
     db = load_tensors(tmp_path / "b" / "checkpoints" / "step-000004" / "discriminator.safetensors")
     assert all(torch.equal(da[k], db[k]) for k in da)
+    # Every step logged once: the checkpoint's own record survives the resume (issue #20).
+    steps = [m["step"] for m in read_metrics(tmp_path / "b") if "l1" in m]
+    assert steps == [m["step"] for m in read_metrics(tmp_path / "a") if "l1" in m] == [1, 2, 3, 4]
 
 
 def test_step_batches_cover_each_epoch_and_shard_disjointly() -> None:

@@ -144,3 +144,10 @@ def test_torchrun_two_processes_match_one_process(workspace: Path) -> None:
     start = DiffusionTrainer(make_config(workspace, "init-only")).unet.state_dict()
     trained = unet_weights(workspace / "single" / "final")
     assert max(float((trained[k] - start[k]).abs().max()) for k in trained) > 1e-3
+
+
+def test_a_batch_larger_than_the_dataset_is_refused_before_anything_is_written(workspace: Path) -> None:
+    config = make_config(workspace, "too-big", batch=64)
+    with pytest.raises(ValueError, match=r"fewer than one global batch \(64\); lower run.batch_size or optim.grad_accum"):
+        DiffusionTrainer(config)
+    assert not (workspace / "too-big").exists()  # no run folder, latent cache or TensorBoard file

@@ -577,9 +577,11 @@ def test_logger_resume_purges_later_records_and_disabled_is_silent(tmp_path: Pat
             logger.log_scalars(step, {"loss": float(step)})
     with open(tmp_path / "metrics.jsonl", "a") as handle:
         handle.write('{"step": 5, "lo')  # a record cut short by a kill
+    # Resumed from the checkpoint of step 3: its record stays, the run logs again from step 4.
     with TrainingLogger(tmp_path, tensorboard=False, progress=False, initial_step=3) as logger:
-        logger.log_scalars(3, {"loss": 30.0})
-    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]
+        logger.log_scalars(4, {"loss": 40.0})
+    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0),
+                                                                      (4, 40.0)]
 
     quiet = tmp_path / "rank1"
     with TrainingLogger(quiet, total_steps=5, enabled=False) as logger:

@@ -72,7 +72,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         text = str(err)
         if "global" not in text.lower():  # not a forbidden import: the bytes are not a pickle at all
             raise ConversionError(f"{str(path)!r} is not a readable PyTorch checkpoint: "
-                                  f"{_reason(text)}") from err
+                                  f"{_reason(text)} (a file torch.save did not write, such as a plain "
+                                  "pickle, is not read)") from err
         raise ConversionError(
             f"{str(path)!r}: refusing to unpickle: the file needs code beyond plain tensors to load "
             f"({_reason(text)}); only weights_only pickles are read. Convert it to .safetensors with "
@@ -90,9 +91,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def _reason(text: str) -> str:
     """The informative line of torch's multi-line weights_only error, shortened."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
+    for number, line in enumerate(lines):
         if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
+            # The reason follows the marker on its line, or (torch 2.6+) on the next non-empty one.
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
+            if not reason and number + 1 < len(lines):
+                reason = lines[number + 1]
+            return (reason or "unknown error")[:200]
     return (lines[0] if lines else "unknown error")[:200]
 
 

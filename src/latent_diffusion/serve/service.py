@@ -90,7 +90,9 @@ def decode_image(data: str, what: str, max_side: int) -> Any:
         image.load()
     except RequestError:
         raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:  # its text names an in-memory buffer ("<_io.BytesIO object at 0x...>")
+        raise RequestError(f"{what} is not an image file Pillow can identify; send a PNG or JPEG file") from None
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
         raise RequestError(f"{what} is not a readable image ({err}); send a PNG or JPEG file") from err
     return image
 

@@ -40,7 +40,7 @@ from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, memory_format, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
-from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
+from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch, resolve_device
 from latent_diffusion.validation import check_choice, check_positive
 
 # What ``train: decoder`` freezes: everything that decides the latents.
@@ -87,10 +87,7 @@ class StepBatches(Sampler[list[int]]):
     def __init__(self, size: int, batch: int, world: int, rank: int, seed: int, start: int, stop: int) -> None:
         self.size, self.batch, self.world, self.rank = size, batch, world, rank
         self.seed, self.start, self.stop = seed, start, stop
-        self.per_epoch = size // (batch * world)
-        if self.per_epoch == 0:
-            raise ValueError(f"the dataset has {size} items, fewer than one global batch ({batch * world}); "
-                             "lower run.batch_size")
+        self.per_epoch = batches_per_epoch(size, batch * world)
 
     def indices(self, step: int) -> list[int]:
         """This rank's share of the global batch of ``step``."""
@@ -132,6 +129,7 @@ class AutoencoderTrainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.loss = AutoencoderLoss(config.loss).to(self.device)
         self.train_set = dataset_from_config(config.data, "train")
+        batches_per_epoch(len(self.train_set), config.run.batch_size * self.ctx.world_size)  # before any write
         self.optimizer = build_optimizer(self.trainable, lr=config.optim.lr,
                                          weight_decay=config.optim.weight_decay, betas=config.optim.betas)
         self.disc_optimizer = build_optimizer(self.loss.discriminator.parameters(),

@@ -50,7 +50,7 @@ from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, memory_format, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
-from latent_diffusion.training.settings import OptimConfig, RunConfig, resolve_device
+from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch, resolve_device
 from latent_diffusion.unet import UNet, UNetConfig
 from latent_diffusion.validation import check_choice, check_in_range
 
@@ -111,6 +111,9 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + micro)
 
 
+BATCH_KNOBS = "run.batch_size or optim.grad_accum"
+
+
 class DiffusionTrainer:
     """Builds the models, caches, optimizer and logger of a run; :meth:`train` runs it."""
 
@@ -153,6 +156,11 @@ class DiffusionTrainer:
             self._resume()
 
     # ---- data -------------------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        """Items per optimizer step over all ranks and micro-batches."""
+        return self.config.run.batch_size * self.ctx.world_size * self.config.optim.grad_accum
+
     def _build_caches(self) -> tuple[LatentSet, TextCache | None]:
         config = self.config
         cache_dir = self.run_dir / "cache"
@@ -161,6 +169,7 @@ class DiffusionTrainer:
         key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict(),
                         *(["with-images"] if keep_images else []))
         dataset = dataset_from_config(config.data, "train")
+        batches_per_epoch(len(dataset), self.global_batch, BATCH_KNOBS)  # before any cache is written
         # caption_mode "compose": a fresh caption per item and step from the dataset's caption
         # sampler (so no picture has one fixed caption); the texts are then encoded each step.
         self.composer = dataset if config.data.caption_mode == "compose" else None
@@ -255,13 +264,8 @@ class DiffusionTrainer:
 
     def _global_order(self, step: int) -> torch.Tensor:
         """Dataset indices of the global batch(es) of optimizer step ``step`` (all micro-batches)."""
-        per_step = self.config.run.batch_size * self.ctx.world_size * self.config.optim.grad_accum
-        per_epoch = len(self.latents) // per_step
-        if per_epoch == 0:
-            raise ValueError(
-                f"the dataset has {len(self.latents)} items, fewer than one global batch ({per_step}); "
-                "lower run.batch_size or optim.grad_accum"
-            )
+        per_step = self.global_batch
+        per_epoch = batches_per_epoch(len(self.latents), per_step, BATCH_KNOBS)
         epoch, position = divmod(step, per_epoch)
         permutation = torch.randperm(len(self.latents), generator=torch.Generator().manual_seed(
             self.config.run.seed + epoch))

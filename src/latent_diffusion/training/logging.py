@@ -2,9 +2,10 @@
 
 Everything is written by the main process only; on other ranks :class:`TrainingLogger` does
 nothing. ``metrics.jsonl`` (one ``{"step", "wall_time", ...}`` object per line) lets tests and
-scripts read the numbers without TensorBoard. On resume from step ``s``, records at steps
-``>= s`` left by the interrupted run are dropped from it (as TensorBoard's ``purge_step`` does
-for its event files), so each step appears once.
+scripts read the numbers without TensorBoard. On resume from the checkpoint of step ``s`` (whose
+record was logged before it was saved; the resumed run logs from ``s + 1``), records at steps
+``> s`` left by the interrupted run are dropped from it (as TensorBoard's ``purge_step`` does for
+its event files), so each step appears exactly once.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def _parse_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def _purge_metrics(path: Path, initial_step: int) -> None:
-    kept = [r for r in _parse_lines(path) if r.get("step", 0) < initial_step]
+    kept = [r for r in _parse_lines(path) if r.get("step", 0) <= initial_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -159,8 +160,9 @@ def _summary_writer(log_dir: Path, initial_step: int) -> Any:
         warnings.warn("tensorboard is not installed; logging to metrics.jsonl only "
                       "(pip install tensorboard)", stacklevel=3)
         return None
-    # purge_step hides events an interrupted run wrote after the checkpoint we resume from.
-    return SummaryWriter(log_dir=str(log_dir), purge_step=initial_step if initial_step > 0 else None)
+    # purge_step hides events an interrupted run wrote after the checkpoint we resume from (events
+    # at steps >= purge_step); the checkpoint's own step stays.
+    return SummaryWriter(log_dir=str(log_dir), purge_step=initial_step + 1 if initial_step > 0 else None)
 
 
 __all__ = ["METRICS_FILE", "TrainingLogger", "read_metrics"]

@@ -29,7 +29,8 @@ def _is_run_entry(name: str) -> bool:
 
 
 def check_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> list[Path]:
-    """Refuse a fresh run in a used folder; return what ``--overwrite`` will delete (maybe nothing).
+    """Refuse a fresh run in a used folder; return what ``--overwrite`` will delete (maybe nothing),
+    or on ``resume`` the temporaries a killed save left behind.
 
     Pure check: nothing is touched, so every rank of a distributed run can call it.
     """
@@ -37,8 +38,8 @@ def check_run_folder(run_dir: str | Path, *, resume: bool, overwrite: bool) -> l
     if resume and overwrite:
         raise RunFolderInUseError("--resume continues the run in run.run_dir and --overwrite replaces it; "
                                   "give one of them")
-    if resume:
-        return []
+    if resume:  # what a killed save left (an export's ".final.*.tmp"): never read, so removed
+        return [p for p in run_dir.iterdir() if _TEMPORARY.match(p.name)] if run_dir.is_dir() else []
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderInUseError(f"run.run_dir={str(run_dir)!r} is a file, not a folder; choose another run.run_dir")
     entries = sorted(run_dir.iterdir()) if run_dir.is_dir() else []

@@ -55,3 +55,11 @@ class RunConfig(Config):
         for name in ("max_steps", "batch_size", "log_every", "image_every", "checkpoint_every", "keep_last"):
             check_positive(f"run.{name}", getattr(self, name))
         check_positive("run.num_workers", self.num_workers, allow_zero=True)
+
+
+def batches_per_epoch(items: int, per_step: int, knobs: str = "run.batch_size") -> int:
+    """Global batches of ``per_step`` items in one pass over ``items``; a ValueError naming ``knobs``
+    when not even one fits (checked before a run writes anything)."""
+    if items // per_step == 0:
+        raise ValueError(f"the dataset has {items} items, fewer than one global batch ({per_step}); lower {knobs}")
+    return items // per_step
