@@ -53,7 +53,7 @@ def test_default_name_metadata_and_pixels(ldm, model: Path) -> None:
     assert (meta.prompt, meta.seed, meta.index, meta.steps, meta.guidance, meta.sampler, meta.size) == \
         ("a red heart", 3, 0, 3, 4.0, "dpmpp_2m", 16)
     # The file holds exactly what the API makes from the arguments in its metadata.
-    again = TextToImage.from_pretrained(model)(**meta.call_arguments(), progress=False)
+    again = TextToImage.from_pretrained(model, precision=meta.precision)(**meta.call_arguments(), progress=False)
     with Image.open(path) as image:
         np.testing.assert_array_equal(np.asarray(image), np.asarray(again[0]))
         text = image.text
@@ -87,7 +87,7 @@ def test_grid_tiles_the_batch(ldm, model: Path) -> None:
     assert files_in(Path.cwd()) == ["grid.png"]
     meta = read_generation_metadata("grid.png")
     assert meta.index is None and meta.num_images == 4
-    images = TextToImage.from_pretrained(model)(**meta.call_arguments(), progress=False)
+    images = TextToImage.from_pretrained(model, precision=meta.precision)(**meta.call_arguments(), progress=False)
     with Image.open("grid.png") as grid:
         grid = np.asarray(grid)
     # make_grid's layout: 2 tiles per row, 2 px of black padding around and between tiles.
@@ -196,3 +196,13 @@ def test_output_paths_rules(tmp_path: Path) -> None:
     assert generate_cli.output_paths(tmp_path / "a", 0, 1) == [tmp_path / "a.png"]
     assert generate_cli.output_paths(tmp_path / "a.PNG", 0, 2) == [tmp_path / "a-0.PNG", tmp_path / "a-1.PNG"]
     assert generate_cli.output_paths(tmp_path, 42, 1) == [tmp_path / "ldm-42.png"]
+
+
+def test_precision_flag_is_recorded_and_auto_follows_the_cpu(ldm) -> None:
+    from latent_diffusion.hardware import resolve_precision
+
+    assert ldm("a cat", "-o", "auto.png")[0] == 0
+    assert read_generation_metadata("auto.png").precision == resolve_precision("auto", "cpu")
+    assert ldm("a cat", "--precision", "fp32", "-o", "exact.png")[0] == 0
+    with Image.open("exact.png") as image:
+        assert image.text["precision"] == "fp32"

@@ -1,11 +1,13 @@
 """Bad input found by trying to break things (issue #20): devices, undecodable text and images,
-the per-call memory budget, and the autoencoder attention that used to store a [T, T] matrix."""
+the per-call memory budget, the autoencoder attention that used to store a [T, T] matrix; and
+inference precision (issue #18)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -91,3 +93,24 @@ def test_pipeline_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(budget.BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="LDM_MEMORY_BUDGET_GB='lots' is not a number of GiB"):
         pipe("a cat", steps=2)
+
+
+def test_precision_auto_follows_the_device_and_bf16_stays_close(monkeypatch: pytest.MonkeyPatch):
+    from latent_diffusion import hardware
+
+    components = tiny_components()
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: None)
+    assert TextToImage.from_pretrained(components, precision="auto").precision == "fp32"
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda: "amx")
+    fast = TextToImage.from_pretrained(components, precision="auto")
+    assert fast.precision == "bf16"
+    exact = TextToImage.from_pretrained(components)
+    assert exact.precision == "fp32"  # the Python API's default: what diffusers' fp32 would give
+    args = dict(prompt="a red heart", num_images=2, steps=3, seed=4, progress=False)
+    a, b, again = exact(**args), fast(**args), fast(**args)
+    pa, pb = (np.stack([np.asarray(i, np.int16) for i in r]) for r in (a, b))
+    assert np.array_equal(pb, np.stack([np.asarray(i, np.int16) for i in again]))  # deterministic
+    assert np.abs(pa - pb).mean() < 8  # bf16 drifts by a few grey levels, not a different picture
+    assert b.metadata[0].precision == "bf16" and a.metadata[0].precision == "fp32"
+    with pytest.raises(ValueError, match="precision='fp16' is not one of"):
+        exact.set_precision("fp16")

@@ -292,7 +292,8 @@ def test_cli_img2img_and_inpaint_write_pngs_with_their_inputs(files: Path, capsy
     assert rc == 0, err
     meta = read_generation_metadata("a.png")
     assert (meta.task, meta.strength, meta.prompt) == ("img2img", 0.5, "a cat")
-    again = ImageToImage.from_pretrained(files / "model")("in.png", **meta.call_arguments(), progress=False)
+    again = ImageToImage.from_pretrained(files / "model", precision=meta.precision)("in.png", **meta.call_arguments(),
+                                                                              progress=False)
     np.testing.assert_array_equal(np.asarray(Image.open("a.png")), np.asarray(again[0]))
     rc, err = run(capsys, "inpaint", "--image", "in.png", "--mask", "mask.png", "--prompt", "x", "-o", "b.png")
     assert rc == 0, err

@@ -5,13 +5,16 @@ AMX (or AVX512-BF16) it makes convolution-heavy training steps 2-3x faster; on a
 bf16 matmul ran at 1.3 GFLOP/s against 40.8 in fp32 (shared/docs/resources.md). So ``auto`` is
 decided at run time from what oneDNN will use, never assumed from the machine's name.
 
-Measured on this project's 2-core AMX machine (``python benchmarks/training_step.py``): the
-emoji-styles autoencoder step is about 2.9x faster in bf16, while a UNet on 8x8 latents is
-slower in bf16 (its matmuls are too small to amortise the casts) - so a config says ``auto``
-only where it measured faster, and ``fp32`` elsewhere.
+Measured on this project's 2-core AMX machine (timed forward + backward passes of batch 16/32,
+without data loading; ``benchmarks/training_step.py`` is the repeatable version): the
+emoji-styles autoencoder step is about 2.9x faster in bf16 (1.36 vs 0.46 s), while a UNet on 8x8
+latents is slower in bf16 (0.38 vs 0.29 s: its matmuls are too small to amortise the casts) - so
+a config says ``auto`` only where it measured faster, and ``fp32`` elsewhere.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -77,10 +80,19 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision="bf16"``, else nothing (fp32); resolve ``auto`` first."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision={precision!r}: resolve it first (resolve_precision), to fp32 or bf16")
+    return contextlib.nullcontext()
+
+
 def describe_cpu() -> str:
     """One line for benchmark tables: threads and bf16 units."""
     units = cpu_bf16_units() or "none (fp32 only)"
     return f"CPU threads {torch.get_num_threads()}, bf16 units: {units}, capability {torch.backends.cpu.get_cpu_capability()}"
 
 
-__all__ = ["DEVICE_CHOICES", "PRECISIONS", "cpu_bf16_units", "describe_cpu", "has_fast_bf16", "resolve_device", "resolve_precision"]
+__all__ = ["DEVICE_CHOICES", "PRECISIONS", "autocast", "cpu_bf16_units", "describe_cpu", "has_fast_bf16", "resolve_device", "resolve_precision"]

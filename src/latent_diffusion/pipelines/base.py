@@ -20,6 +20,7 @@ import torch
 
 import latent_diffusion
 from latent_diffusion.conditioning.conditioner import TEXT_KINDS
+from latent_diffusion.hardware import resolve_precision
 from latent_diffusion.pipelines.budget import check_memory
 from latent_diffusion.pipelines.components import DiffusionComponents, load_components, model_hash
 from latent_diffusion.pipelines.generate import (
@@ -143,7 +144,8 @@ class Pipeline:
     PIPELINE_FOR = {"none": "TextToImage / ImageToImage (ldm generate, ldm img2img)",
                     "masked_image": "Inpaint (ldm inpaint)", "low_res": "Upscale (ldm upscale)"}
 
-    def __init__(self, components: DiffusionComponents, model_hash: str | None = None) -> None:
+    def __init__(self, components: DiffusionComponents, model_hash: str | None = None,
+                 precision: str = "fp32") -> None:
         if not isinstance(components, DiffusionComponents):
             raise ValueError(f"components must be DiffusionComponents, got {type(components).__name__}")
         kind = components.image_condition
@@ -153,6 +155,15 @@ class Pipeline:
         self.components = components.eval()
         self.model_hash = model_hash
         self.vae_tile: int | None = None
+        self.precision = "fp32"
+        self.set_precision(precision)
+
+    def set_precision(self, precision: str) -> None:
+        """``fp32``, ``bf16`` (the UNet and the decoder under bf16 autocast; weights stay as loaded)
+        or ``auto``: bf16 where the device has bf16 matrix units (AMX / AVX512-BF16 CPUs, CUDA),
+        else fp32. The resolved choice is :attr:`precision` and goes into each image's metadata."""
+        device = next(self.components.unet.parameters()).device
+        self.precision = resolve_precision(precision, device)
 
     def enable_vae_tiling(self, tile: int = DEFAULT_VAE_TILE) -> None:
         """Decode images larger than ``tile`` latents per side in overlapping, blended tiles
@@ -162,8 +173,10 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | DiffusionComponents | None = None, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> Pipeline:
+                        dtype: torch.dtype = torch.float32, precision: str = "fp32") -> Pipeline:
         """Load a model folder (None: the task's shipped default, ``models/<default_model>``) or wrap components.
+
+        ``precision``: see :meth:`set_precision` (``auto`` picks bf16 autocast where it is fast).
 
         Components passed in are moved to ``device``/``dtype`` in place; their ``model_hash``
         is None because they were never saved.
@@ -171,7 +184,7 @@ class Pipeline:
         if isinstance(path, DiffusionComponents):
             for module in (path.autoencoder, path.unet, path.conditioner):
                 module.to(device=device, dtype=dtype)
-            return cls(path)
+            return cls(path, precision=precision)
         folder = default_model_folder(cls.default_model) if path is None else Path(path)
         if path is None and not folder.is_dir():
             raise FileNotFoundError(
@@ -180,7 +193,7 @@ class Pipeline:
                 "to name another model folder, e.g. a training run's final/ folder"
             )
         components = load_components(folder, device=device, dtype=dtype)
-        return cls(components, model_hash=model_hash(folder))
+        return cls(components, model_hash=model_hash(folder), precision=precision)
 
     # ---- what the model can make ----------------------------------------------------------
     @property
@@ -295,18 +308,20 @@ class Pipeline:
                 if callback is not None:
                     callback(info)
 
-            return sample_latents(self.components, cond, uncond, callback=on_step, **sample_args)
+            return sample_latents(self.components, cond, uncond, callback=on_step, precision=self.precision,
+                                  **sample_args)
 
     def _metadata(self, count: int, **fields: Any) -> list[GenerationMetadata]:
         """One :class:`GenerationMetadata` per image of a batch of ``count``."""
         param = next(self.components.unet.parameters())
         common = dict(model_hash=self.model_hash, ldm_version=latent_diffusion.__version__,
-                      device=str(param.device), dtype=str(param.dtype).removeprefix("torch."), **fields)
+                      device=str(param.device), dtype=str(param.dtype).removeprefix("torch."),
+                      precision=self.precision, **fields)
         return [GenerationMetadata(index=i, **common) for i in range(count)]
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decoded images in [-1, 1], refusing non-finite output with a hint."""
-        images = decode_images(self.components, latents, tile=self.vae_tile)
+        images = decode_images(self.components, latents, tile=self.vae_tile, precision=self.precision)
         if not torch.isfinite(images).all():
             raise ValueError("the model produced NaN or infinite pixels; try dtype=torch.float32, "
                              "fewer steps or a lower guidance")

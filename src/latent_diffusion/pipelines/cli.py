@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_diffusion.cli import UsageError
+from latent_diffusion.hardware import PRECISIONS
 from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME, DEFAULT_UPSCALER_NAME
 from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
 from latent_diffusion.sampling import SAMPLERS
@@ -94,6 +95,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
                              "(default: ldm-SEED.png in the current folder; a folder: that name inside it)")
     parser.add_argument("--grid", action="store_true", help="write all images as one grid PNG")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    add_precision_argument(parser)
     parser.add_argument("--vae-tiling", action="store_true",
                         help="decode large images in overlapping tiles (less memory, seams blended)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -126,14 +128,22 @@ def _check_folder_writable(folder: Path) -> None:
         raise UsageError(str(err)) from None
 
 
-def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None) -> Any:
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` (default auto), shared by the generating commands and ``ldm serve``."""
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="bf16 runs the UNet and decoder under bf16 autocast; auto (default) picks it where "
+                             "the device has bf16 matrix units (AMX / AVX512-BF16 CPUs, CUDA), fp32 elsewhere")
+
+
+def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None, precision: str = "fp32") -> Any:
     """``pipeline_class.from_pretrained`` (default TextToImage), any failure a one-line UsageError."""
     from latent_diffusion.pipelines.base import WrongModelError
     from latent_diffusion.pipelines.text_to_image import TextToImage
     from latent_diffusion.training.settings import resolve_device
 
     try:
-        return (pipeline_class or TextToImage).from_pretrained(model, device=resolve_device(device))
+        return (pipeline_class or TextToImage).from_pretrained(model, device=resolve_device(device),
+                                                               precision=precision)
     except (FileNotFoundError, WrongModelError) as err:
         raise UsageError(_one_line(err)) from err
     except (ValueError, OSError, KeyError, TypeError, RuntimeError) as err:
@@ -170,7 +180,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError("give either a PROMPT or --class NAME (for a class-conditional model), not both "
                          'and not neither; use "" for an unconditional image')
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device)
+    pipe = load_pipeline(args.model, args.device, precision=args.precision)
     if args.class_name is not None and pipe.components.conditioner.kind != "class":
         raise UsageError(f"--class needs a class-conditional model; this one is conditioned on "
                          f"{pipe.components.conditioner.kind!r}: pass the text as PROMPT instead")
@@ -188,7 +198,7 @@ def run_img2img(args: argparse.Namespace) -> int:
     _check_strength(args.strength)
     _check_input_file("--image", args.image)
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, ImageToImage)
+    pipe = load_pipeline(args.model, args.device, ImageToImage, precision=args.precision)
     result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt, strength=args.strength,
                                       **_sampling_kwargs(args))
     return write_results(result, paths, args.grid)
@@ -204,7 +214,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     _check_input_file("--image", args.image)
     _check_input_file("--mask", args.mask)
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, Inpaint)
+    pipe = load_pipeline(args.model, args.device, Inpaint, precision=args.precision)
     result = _call_reporting_warnings(args.command, pipe, str(args.image), str(args.mask), args.prompt,
                                       strength=args.strength, method=args.method, **_sampling_kwargs(args))
     return write_results(result, paths, args.grid)
@@ -219,7 +229,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     check_back_projection(args.back_projection)
     _check_input_file("IN", args.image)
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, Upscale)
+    pipe = load_pipeline(args.model, args.device, Upscale, precision=args.precision)
     result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt,
                                       back_projection=args.back_projection, **_sampling_kwargs(args))
     return write_results(result, paths, args.grid)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from latent_diffusion.autoencoder.tiling import decode_latents_tiled
+from latent_diffusion.hardware import autocast
 from latent_diffusion.pipelines.components import DiffusionComponents
 from latent_diffusion.sampling import (
     CFGDenoiser,
@@ -50,6 +51,7 @@ def sample_latents(
     init_latents: torch.Tensor | None = None,
     strength: float = 1.0,
     keep: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Run the reverse process from seeded noise to latents (the UNet's latent space, i.e. scaled
     by the autoencoder's scale factor).
@@ -58,6 +60,8 @@ def sample_latents(
     ``strength`` selects, and run only the remaining steps (:func:`sampling_sigmas`).
     ``keep`` (inpainting, needs ``init_latents``): latent mask, 1 where ``init_latents`` is kept
     (:class:`~latent_diffusion.sampling.masking.MaskedDenoiser`).
+    ``precision``: ``fp32``, or ``bf16`` to run the UNet under bf16 autocast (the sampler's own
+    arithmetic stays float32; :class:`AutocastDenoiser`).
     """
     sampler_fn = get_sampler(sampler)
     sigmas = sampling_sigmas(components, steps, sampler, spacing, strength if init_latents is not None else 1.0)
@@ -83,12 +87,28 @@ def sample_latents(
                            scale=guidance, rescale=rescale)
     if keep is not None:
         denoiser = MaskedDenoiser(denoiser, init_latents, keep.to(device=device, dtype=dtype), noise)
+    if precision != "fp32":
+        denoiser = AutocastDenoiser(denoiser, precision, device)
     if len(sigmas) == 1:  # strength 0: nothing to denoise
         return x
     extra = {"cond": cond, "uncond": uncond}
     with torch.no_grad():
         return sampler_fn(denoiser, x, sigmas, extra_args=extra, callback=callback,
                           generator=generator, **(sampler_options or {}))
+
+
+class AutocastDenoiser:
+    """A denoiser run under :func:`~latent_diffusion.hardware.autocast`, its output back in the
+    input's dtype, so samplers integrate in float32 whatever the network computes in."""
+
+    def __init__(self, inner: Callable[..., torch.Tensor], precision: str, device: torch.device) -> None:
+        self.inner, self.precision, self.device = inner, precision, device
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **extra: Any) -> torch.Tensor:
+        """``inner(x, sigma, **extra)`` under autocast, as ``x.dtype``."""
+        with autocast(self.precision, self.device):
+            out = self.inner(x, sigma, **extra)
+        return out.to(x.dtype)
 
 
 def sampling_sigmas(components: DiffusionComponents, steps: int, sampler: str, spacing: str | None = None,
@@ -111,10 +131,12 @@ def encode_images(components: DiffusionComponents, images: torch.Tensor) -> torc
         return autoencoder.encode_latents(images.to(device=param.device, dtype=param.dtype))
 
 
-def decode_images(components: DiffusionComponents, latents: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+def decode_images(components: DiffusionComponents, latents: torch.Tensor, tile: int | None = None,
+                  precision: str = "fp32") -> torch.Tensor:
     """Decode diffusion latents to images in [-1, 1] (float32, clamped); ``tile`` (latents per
-    side) decodes in overlapping tiles, bounding memory for large images (autoencoder/tiling.py)."""
-    with torch.no_grad():
+    side) decodes in overlapping tiles, bounding memory for large images (autoencoder/tiling.py);
+    ``precision`` ``bf16`` decodes under bf16 autocast."""
+    with torch.no_grad(), autocast(precision, latents.device):
         if tile is not None and max(latents.shape[-2:]) > tile:
             images = decode_latents_tiled(components.autoencoder, latents, tile=tile, overlap=max(1, tile // 4))
         else:

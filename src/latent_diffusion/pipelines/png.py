@@ -32,8 +32,8 @@ class GenerationMetadata:
     image ``index`` of a batch is only reproduced by making the same batch again, which
     :meth:`call_arguments` gives. ``negative_prompts`` has one entry per prompt (None: the
     model's unconditional input). ``model_hash`` is :func:`~latent_diffusion.pipelines.components.
-    model_hash` of the model folder (None for a model that was never saved). ``device`` and
-    ``dtype`` are recorded because float results differ (slightly) between them.
+    model_hash` of the model folder (None for a model that was never saved). ``device``, ``dtype``
+    and ``precision`` (``bf16``: autocast) are recorded because float results differ between them.
 
     Image tasks add ``task`` ("img2img", "inpaint", "upscale"; "txt2img" otherwise), ``strength``
     and the SHA-256 of the input image (``image_hash``) and mask (``mask_hash``) as given, so a
@@ -55,6 +55,7 @@ class GenerationMetadata:
     ldm_version: str
     device: str = "cpu"
     dtype: str = "float32"
+    precision: str = "fp32"  # "bf16": the UNet and decoder ran under bf16 autocast
     task: str = "txt2img"
     strength: float | None = None
     image_hash: str | None = None
@@ -137,6 +138,7 @@ class GenerationMetadata:
             "guidance": repr(self.guidance),
             "size": f"{self.size}x{self.size}",
             "model_hash": self.model_hash or "",
+            "precision": self.precision,
             "ldm_version": self.ldm_version,
             "Software": f"latent_diffusion {self.ldm_version}",
         }

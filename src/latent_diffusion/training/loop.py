@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -10,16 +9,10 @@ from pathlib import Path
 
 import torch
 
+from latent_diffusion.hardware import autocast  # noqa: F401  (the trainers import it from here)
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.settings import RunConfig
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for ``precision="bf16"``, else nothing (fp32); ``auto`` is resolved before this."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def memory_format(run: RunConfig) -> torch.memory_format:
