@@ -10,6 +10,10 @@ started from another model (``init_from``). ``--autoencoder`` ships a decoder fi
 (``ldm train autoencoder`` with ``train: decoder``) in place of SRC's autoencoder, after checking
 that it makes the same latents. The destination must not exist (written atomically). Check the
 fp16 copy with ``ldm eval`` before shipping it: the model card's figures are of the fp16 folder.
+
+SRC may also be an autoencoder folder alone (``ldm train autoencoder``'s ``final/``): it is
+written as fp16 ``autoencoder.json`` + ``autoencoder.safetensors``, a stage 1 that stage-2
+configs can name on any machine (``--training`` / ``--data`` do not apply to it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import torch
 
 from latent_diffusion.autoencoder import Autoencoder, load_autoencoder
+from latent_diffusion.io import atomic_directory, save_module
 from latent_diffusion.pipelines import DiffusionComponents, load_components, save_components
 from latent_diffusion.pipelines.components import read_index
 from latent_diffusion.training.autoencoder import ENCODER_SIDE
@@ -51,6 +56,15 @@ def with_decoder_of(components: DiffusionComponents, folder: Path) -> DiffusionC
     return dataclasses.replace(components, autoencoder=new)
 
 
+def ship_autoencoder(src: Path, dst: Path) -> None:
+    """Write the autoencoder folder ``src`` as an fp16 folder ``dst`` (atomically)."""
+    autoencoder = load_autoencoder(src)
+    with atomic_directory(dst) as tmp:
+        save_module(autoencoder.half(), autoencoder.config, tmp, "autoencoder")
+    size = sum(p.stat().st_size for p in dst.iterdir()) / 2**20
+    print(f"wrote {dst} ({size:.1f} MB, fp16 autoencoder)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="a model folder, e.g. runs/<name>/final")
@@ -67,6 +81,9 @@ def main() -> None:
         parser.error(f"--training-steps {args.training_steps} must be >= 1")
     if args.dst.exists():
         parser.error(f"{args.dst} exists; remove it or choose another destination")
+    if (args.src / "autoencoder.json").is_file() and not (args.src / "model_index.json").is_file():
+        ship_autoencoder(args.src, args.dst)
+        return
     try:  # the library's own checks: one line naming what is wrong with the folder
         index = read_index(args.src)
         components = load_components(args.src)

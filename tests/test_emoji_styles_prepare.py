@@ -151,3 +151,14 @@ def test_opting_in_to_openmoji_leaves_the_splits_as_they_were():
     seven = {c: s | {"openmoji"} for c, s in six.items()}
     assert composition_pairs(six) == composition_pairs(seven)
     assert all(style != "openmoji" for _, style in composition_pairs(seven))
+
+
+@pytest.mark.parametrize("module, message", [("resvg_py", "pip install 'resvg-py>=0.5'"),
+                                             ("fontTools", "pip install 'fonttools>=4.40'")])
+def test_a_missing_renderer_or_font_tool_is_one_line(packages, monkeypatch, capsys, module, message):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled package looks like to import
+    assert ldm_cli.main(["data", "prepare", "emoji-styles"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -98,3 +98,21 @@ def test_a_decoder_fine_tune_ships_only_if_it_keeps_the_latents(tmp_path: Path, 
     code, err = ship(capsys, monkeypatch, str(src), str(tmp_path / "dst2"), "--autoencoder", str(tmp_path / "encoder"))
     assert code == 2 and "its encoder differs from the model's (encoder.conv_in.weight" in err
     assert not (tmp_path / "dst2").exists()
+
+
+def test_an_autoencoder_folder_ships_as_fp16_stage_one(tmp_path: Path, capsys, monkeypatch) -> None:
+    from latent_diffusion.autoencoder import load_autoencoder
+
+    components = load_components(tiny_model_folder(tmp_path / "model"))
+    src = tmp_path / "ae-run" / "final"
+    save_module(components.autoencoder, components.autoencoder.config, src, "autoencoder")
+    code, err = ship(capsys, monkeypatch, str(src), str(tmp_path / "models" / "ae"))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "models" / "ae").iterdir()) == ["autoencoder.json",
+                                                                           "autoencoder.safetensors"]
+    with safe_open(str(tmp_path / "models" / "ae" / "autoencoder.safetensors"), "pt") as weights:
+        assert {str(weights.get_slice(k).get_dtype()) for k in weights.keys()} == {"F16"}
+    shipped = load_autoencoder(tmp_path / "models" / "ae")
+    assert shipped.config == components.autoencoder.config  # the scale factor travels with it
+    for key, value in components.autoencoder.state_dict().items():
+        torch.testing.assert_close(shipped.state_dict()[key], value.half().float(), rtol=0, atol=0)

@@ -134,9 +134,20 @@ def render_all(jobs: list[tuple[Picture, Path]], processes: int) -> list[str]:
         return pool.map(render_to_file, jobs, chunksize=32)
 
 
+def require_fonttools() -> None:
+    """Fail early, with the install command, when the font reader Noto's glyphs need is missing."""
+    try:
+        import fontTools  # noqa: F401
+    except ImportError:
+        raise cache.PreparationError("reading Noto's emoji font needs fontTools, which is not installed; run "
+                                     "`pip install 'fonttools>=4.40'` (or prepare without noto: --styles ...)") from None
+
+
 def build(tmp: Path, styles: tuple[str, ...], processes: int) -> dict[str, Any]:
     """Fill ``tmp`` with the prepared dataset; returns the manifest."""
     require_resvg()
+    if "noto" in styles:
+        require_fonttools()
     with cache.scratch_dir() as scratch:
         fetch = Fetcher(Path(scratch))
         reference = fetch.npm(S.REFERENCE.spec, ("package/emoji.json", "package/LICENSE"))
