@@ -114,3 +114,43 @@ def test_precision_auto_follows_the_device_and_bf16_stays_close(monkeypatch: pyt
     assert b.metadata[0].precision == "bf16" and a.metadata[0].precision == "fp32"
     with pytest.raises(ValueError, match="precision='fp16' is not one of"):
         exact.set_precision("fp16")
+
+
+class Stop(Exception):
+    """What a server's cancellation raises inside a job."""
+
+
+def test_interrupt_stops_a_call_inside_decoding_and_back_projection(monkeypatch: pytest.MonkeyPatch):
+    from latent_diffusion.autoencoder import tiling
+    from latent_diffusion.conditioning import image as image_conditions
+
+    pipe = TextToImage.from_pretrained(tiny_components())
+    pipe.enable_vae_tiling(2)  # 32 px = 8x8 latents: 9 overlapping tiles of 2
+    calls: list[str] = []
+    tiles = []
+    original = tiling.tiled_apply
+
+    def counting(fn, x, tile, overlap, scale, interrupt=None):
+        return original(lambda part: tiles.append(1) or fn(part), x, tile, overlap, scale, interrupt)
+
+    monkeypatch.setattr(tiling, "tiled_apply", counting)
+
+    def interrupt() -> None:
+        calls.append("x")
+        if len(calls) == 3 + 1 + 2:  # 3 steps, the check before decoding, then 2 tiles
+            raise Stop("cancelled by the client")
+
+    with pytest.raises(Stop):
+        pipe("a cat", steps=3, size=32, interrupt=interrupt, progress=False)
+    assert len(tiles) == 1  # stopped at the second tile, not after the whole decode
+    rounds: list[int] = []
+
+    def second_round() -> None:
+        rounds.append(1)
+        if len(rounds) == 2:
+            raise Stop("the job ran too long")
+
+    with pytest.raises(Stop):
+        image_conditions.back_project(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 2, 2), iterations=5,
+                                      interrupt=second_round)
+    assert len(rounds) == 2

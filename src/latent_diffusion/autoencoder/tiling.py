@@ -43,10 +43,11 @@ def _ramp(length: int, fade: int, fade_start: bool, fade_end: bool, device: torc
 
 
 def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int,
-                scale: float) -> torch.Tensor:
+                scale: float, interrupt: Callable[[], None] | None = None) -> torch.Tensor:
     """``fn`` (which maps ``[B, C, h, w]`` to ``[B, C', h * scale, w * scale]``) applied tile by tile.
 
     ``tile`` and ``overlap`` are in units of ``x``; outputs are blended over the overlap.
+    ``interrupt()`` is called before each tile: raising there stops the work between tiles.
     """
     check_positive("tile", tile)
     if not 0 <= overlap < tile:
@@ -59,6 +60,8 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     fade = int(round(overlap * scale))
     for top in rows:
         for left in cols:
+            if interrupt is not None:
+                interrupt()
             h, w = min(tile, height), min(tile, width)
             piece = fn(x[..., top : top + h, left : left + w]).float()
             ph, pw = piece.shape[-2:]
@@ -75,11 +78,12 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
 
 
 def decode_latents_tiled(autoencoder: torch.nn.Module, z: torch.Tensor, tile: int = 64,
-                         overlap: int = 16) -> torch.Tensor:
+                         overlap: int = 16, interrupt: Callable[[], None] | None = None) -> torch.Tensor:
     """``autoencoder.decode_latents(z)`` in overlapping latent tiles of ``tile`` (default 64 = 512 px
-    for SD), blended over ``overlap`` latents. Peak memory is that of one tile."""
+    for SD), blended over ``overlap`` latents. Peak memory is that of one tile; ``interrupt`` as in
+    :func:`tiled_apply`."""
     f = autoencoder.downsampling_factor
-    return tiled_apply(autoencoder.decode_latents, z, tile, overlap, float(f))
+    return tiled_apply(autoencoder.decode_latents, z, tile, overlap, float(f), interrupt)
 
 
 def encode_latents_tiled(autoencoder: torch.nn.Module, x: torch.Tensor, tile: int = 512,

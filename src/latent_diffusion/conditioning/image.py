@@ -16,6 +16,7 @@ image (so the model also learns to draw from nothing, as SD's inpainting trainin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,20 +54,24 @@ def degrade(pixels: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(pixels, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
 
 
-def back_project(images: torch.Tensor, low_res: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+def back_project(images: torch.Tensor, low_res: torch.Tensor, iterations: int = 3,
+                 interrupt: Callable[[], None] | None = None) -> torch.Tensor:
     """Iterative back-projection (Irani & Peleg 1991): correct upscaled ``images`` so that
     :func:`degrade` gives back ``low_res``.
 
     Each round adds the bicubic upsampling of the residual ``low_res - degrade(images)``. The low
     frequencies, which the input determines, are pulled to it; the detail a model added (what
     degrading removes) is kept. A latent upscaler needs this because its autoencoder shifts
-    colours and moves coarse shapes that the low-resolution input pins down.
+    colours and moves coarse shapes that the low-resolution input pins down. ``interrupt()`` is
+    called before each round (raising there stops the work).
     """
     factor = images.shape[-1] // low_res.shape[-1]
     if factor * low_res.shape[-1] != images.shape[-1] or factor * low_res.shape[-2] != images.shape[-2]:
         raise ValueError(f"images of {tuple(images.shape[-2:])} are not a whole multiple of the low-resolution "
                          f"{tuple(low_res.shape[-2:])}")
     for _ in range(iterations):
+        if interrupt is not None:
+            interrupt()
         residual = low_res - degrade(images, factor)
         images = (images + F.interpolate(residual, size=images.shape[-2:], mode="bicubic",
                                          align_corners=False)).clamp(-1, 1)

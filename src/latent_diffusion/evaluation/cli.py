@@ -206,7 +206,8 @@ def _memorization_lines(m: dict[str, Any] | None) -> list[str]:
                        ("real_composition", "real composition pictures")):
         if key in m:
             s = m[key]
-            lines.append(f"  {label:<28s}{s['copy_share']:8.3f}{s['ratio_p10']:8.3f}{s['ratio_median']:8.3f}{s['n']:6d}")
+            lines.append(f"  {label:<28s}{s['copy_share']:8.3f}{s['ratio_p10']:8.3f}{s['ratio_median']:8.3f}"
+                         f"{s['n']:6d}")
     return lines
 
 

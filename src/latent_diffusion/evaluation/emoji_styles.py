@@ -160,7 +160,8 @@ def adherence(components: DiffusionComponents, gallery: StylesGallery, settings:
                                       embedder, gallery.features, gallery.concepts, settings.batch_size)
 
 
-def concept_ranks(queries: torch.Tensor, targets: list[str], gallery: torch.Tensor, gallery_ids: list[str]) -> torch.Tensor:
+def concept_ranks(queries: torch.Tensor, targets: list[str], gallery: torch.Tensor,
+                  gallery_ids: list[str]) -> torch.Tensor:
     """1-based rank of each query's target among all ids, each id scored by its most similar gallery row
     (cosine); ties count against the query."""
     codes = {identity: code for code, identity in enumerate(dict.fromkeys(gallery_ids))}

@@ -276,14 +276,17 @@ class Pipeline:
 
     def _generate(self, batch: PromptBatch, cond: dict, uncond: dict, timings: dict[str, float], *,
                   progress: bool, callback: Callable[[dict[str, Any]], None] | None, sampling: dict[str, Any],
-                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None, **metadata: Any) -> GenerationResult:
+                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  interrupt: Callable[[], None] | None = None, **metadata: Any) -> GenerationResult:
         """Denoise (``sampling``: :func:`sample_latents`' arguments), decode, ``finish`` the images
-        in [-1, 1] (e.g. blend kept pixels back), and describe each image in its metadata."""
+        in [-1, 1] (e.g. blend kept pixels back), and describe each image in its metadata.
+        ``interrupt()`` runs after every denoising step and before decoding and each decoded tile:
+        an exception raised there (a server's cancellation) stops the call."""
         start = time.perf_counter()
-        latents = self._denoise(cond, uncond, progress, callback, batch_size=len(batch), **sampling)
+        latents = self._denoise(cond, uncond, progress, callback, interrupt, batch_size=len(batch), **sampling)
         timings["denoise"] = time.perf_counter() - start
         start = time.perf_counter()
-        images = self._decode(latents)
+        images = self._decode(latents, interrupt)
         if finish is not None:
             images = finish(images)
         timings["decode"] = time.perf_counter() - start
@@ -293,8 +296,8 @@ class Pipeline:
                                    **metadata)
         return GenerationResult(images_to_pil(images), described, latents, timings)
 
-    def _denoise(self, cond: dict, uncond: dict, progress: bool,
-                 callback: Callable[[dict[str, Any]], None] | None, **sample_args: Any) -> torch.Tensor:
+    def _denoise(self, cond: dict, uncond: dict, progress: bool, callback: Callable[[dict[str, Any]], None] | None,
+                 interrupt: Callable[[], None] | None = None, **sample_args: Any) -> torch.Tensor:
         """:func:`sample_latents` with a tqdm bar advanced by the sampler's once-per-step callback."""
         from tqdm.auto import tqdm
 
@@ -307,6 +310,8 @@ class Pipeline:
                 bar.update(1)
                 if callback is not None:
                     callback(info)
+                if interrupt is not None:
+                    interrupt()
 
             return sample_latents(self.components, cond, uncond, callback=on_step, precision=self.precision,
                                   **sample_args)
@@ -319,9 +324,10 @@ class Pipeline:
                       precision=self.precision, **fields)
         return [GenerationMetadata(index=i, **common) for i in range(count)]
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, interrupt: Callable[[], None] | None = None) -> torch.Tensor:
         """Decoded images in [-1, 1], refusing non-finite output with a hint."""
-        images = decode_images(self.components, latents, tile=self.vae_tile, precision=self.precision)
+        images = decode_images(self.components, latents, tile=self.vae_tile, precision=self.precision,
+                               interrupt=interrupt)
         if not torch.isfinite(images).all():
             raise ValueError("the model produced NaN or infinite pixels; try dtype=torch.float32, "
                              "fewer steps or a lower guidance")

@@ -77,7 +77,8 @@ class MemoryEstimate:
         return "UNet" if self.unet >= self.decoder else "decoder"
 
 
-def estimate_memory(components: DiffusionComponents, size: int, batch: int, vae_tile: int | None = None) -> MemoryEstimate:
+def estimate_memory(components: DiffusionComponents, size: int, batch: int,
+                    vae_tile: int | None = None) -> MemoryEstimate:
     """The :class:`MemoryEstimate` of making ``batch`` images of ``size`` px (``vae_tile``: latents per
     tile side when VAE tiling is on)."""
     ae = components.autoencoder.config

@@ -132,13 +132,17 @@ def encode_images(components: DiffusionComponents, images: torch.Tensor) -> torc
 
 
 def decode_images(components: DiffusionComponents, latents: torch.Tensor, tile: int | None = None,
-                  precision: str = "fp32") -> torch.Tensor:
+                  precision: str = "fp32", interrupt: Callable[[], None] | None = None) -> torch.Tensor:
     """Decode diffusion latents to images in [-1, 1] (float32, clamped); ``tile`` (latents per
     side) decodes in overlapping tiles, bounding memory for large images (autoencoder/tiling.py);
-    ``precision`` ``bf16`` decodes under bf16 autocast."""
+    ``precision`` ``bf16`` decodes under bf16 autocast; ``interrupt()`` is called before decoding and
+    between tiles (raising there stops the work)."""
+    if interrupt is not None:
+        interrupt()
     with torch.no_grad(), autocast(precision, latents.device):
         if tile is not None and max(latents.shape[-2:]) > tile:
-            images = decode_latents_tiled(components.autoencoder, latents, tile=tile, overlap=max(1, tile // 4))
+            images = decode_latents_tiled(components.autoencoder, latents, tile=tile, overlap=max(1, tile // 4),
+                                          interrupt=interrupt)
         else:
             images = components.autoencoder.decode_latents(latents)
     return images.float().clamp(-1, 1)

@@ -40,6 +40,7 @@ class ImageToImage(Pipeline):
         size: int | None = None,
         rescale: float = 0.0,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
         progress: bool = True,
     ) -> GenerationResult:
         """Make ``num_images`` variations of ``image`` per prompt (prompt-major order).
@@ -60,6 +61,7 @@ class ImageToImage(Pipeline):
         sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
                         latent_size=init.shape[-1], init_latents=init, strength=float(strength))
         return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              interrupt=interrupt,
                               sampling=sampling, size=size, task="img2img", strength=float(strength),
                               image_hash=input_hash(image))
 

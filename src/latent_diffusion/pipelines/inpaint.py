@@ -76,6 +76,7 @@ class Inpaint(Pipeline):
         rescale: float = 0.0,
         method: str = "auto",
         callback: Callable[[dict[str, Any]], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
         progress: bool = True,
     ) -> GenerationResult:
         """Make ``num_images`` fills per prompt (prompt-major order).
@@ -115,6 +116,7 @@ class Inpaint(Pipeline):
             return hole * decoded + (1 - hole) * pixels.to(decoded.dtype)
 
         return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              interrupt=interrupt,
                               sampling=sampling, finish=blend, size=size, task=f"inpaint-{method}",
                               strength=float(strength), image_hash=input_hash(image), mask_hash=input_hash(mask))
 

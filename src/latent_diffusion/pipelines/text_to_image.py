@@ -43,6 +43,7 @@ class TextToImage(Pipeline):
         size: int | None = None,
         rescale: float = 0.0,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
         progress: bool = True,
     ) -> GenerationResult:
         """Make ``num_images`` images per prompt (prompt-major order) from seeded noise.
@@ -50,8 +51,9 @@ class TextToImage(Pipeline):
         ``guidance`` is the classifier-free guidance scale (1: conditional model only);
         ``negative_prompt`` (one, or one per prompt) replaces the unconditional input;
         ``rescale`` is guidance rescale (Lin et al. 2023); ``size`` the image side (None: the
-        model's native size); ``callback`` gets the sampler's per-step dict; ``progress`` shows
-        a tqdm bar over the denoising steps.
+        model's native size); ``callback`` gets the sampler's per-step dict; ``interrupt()`` is
+        called after each step and before decoding and each decoded tile (raise there to stop: how
+        ``ldm serve`` cancels); ``progress`` shows a tqdm bar over the denoising steps.
         """
         check_arguments(steps, sampler, guidance, seed, rescale, num_images,
                         self.components.diffusion.num_timesteps)
@@ -62,6 +64,7 @@ class TextToImage(Pipeline):
         sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
                         latent_size=size // self.components.autoencoder.downsampling_factor)
         return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              interrupt=interrupt,
                               sampling=sampling, size=size)
 
 

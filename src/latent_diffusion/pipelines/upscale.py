@@ -63,6 +63,7 @@ class Upscale(Pipeline):
         seed: int = 0,
         rescale: float = 0.0,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        interrupt: Callable[[], None] | None = None,
         progress: bool = True,
         back_projection: int = DEFAULT_BACK_PROJECTION,
     ) -> GenerationResult:
@@ -89,12 +90,13 @@ class Upscale(Pipeline):
             return {"concat": low_res_condition(small, latent_size).expand(len(batch), -1, -1, -1)}
 
         def finish(images: torch.Tensor) -> torch.Tensor:
-            return back_project(images, small.to(images), back_projection)
+            return back_project(images, small.to(images), back_projection, interrupt)
 
         cond, uncond = self._encode(batch, timings, low_res)
         sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
                         latent_size=latent_size)
         return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
+                              interrupt=interrupt,
                               sampling=sampling, finish=finish, size=size, task="upscale",
                               image_hash=input_hash(image), back_projection=back_projection)
 

@@ -77,14 +77,18 @@ class Job:
         self._lock = threading.Lock()
 
     # ---- for the code that runs the work ----------------------------------------------------
-    def progress(self, step: int, total: int | None = None) -> None:
-        """Record that ``step`` of ``total`` steps are done; raise :class:`JobCancelled` when the job
-        was cancelled or ran out of time, which is how a running job is stopped between steps."""
+    def check(self) -> None:
+        """Raise :class:`JobCancelled` when the job was cancelled or ran out of time: how a running job
+        is stopped between its units of work (denoising steps, decoded tiles, back-projection rounds)."""
         if self.cancel_reason is not None:
             raise JobCancelled(self.cancel_reason)
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.cancel_reason = f"the job ran longer than {self._queue.max_run_seconds:g} s and was stopped"
             raise JobCancelled(self.cancel_reason)
+
+    def progress(self, step: int, total: int | None = None) -> None:
+        """Record that ``step`` of ``total`` steps are done, after :meth:`check`."""
+        self.check()
         self.step = step
         if total is not None:
             self.total = total

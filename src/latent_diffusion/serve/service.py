@@ -234,7 +234,7 @@ class Generator:
         def run(job: Job) -> GenerationResponse:
             queued = time.perf_counter() - submitted
             job.progress(0, total)  # also the first cancellation check, before any work
-            result = pipe(*args, **kwargs, **common,
+            result = pipe(*args, **kwargs, **common, interrupt=job.check,
                           callback=lambda info: job.progress(min(int(info["i"]) + 1, total), total))
             return encode_result(task, seed, result, queued)
 
