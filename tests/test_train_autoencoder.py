@@ -118,6 +118,12 @@ def test_mismatched_regularizers_are_rejected(images: Path, tmp_path: Path) -> N
         config.replace(loss=config.loss.replace(regularizer="vq"))
 
 
+def test_gradient_accumulation_is_refused_not_ignored(images: Path, tmp_path: Path) -> None:
+    config = make_config(images, tmp_path / "run")
+    with pytest.raises(ValueError, match="optim.grad_accum=4: the autoencoder trainer steps on every batch"):
+        config.replace(optim=config.optim.replace(grad_accum=4))
+
+
 def test_decoder_fine_tune_keeps_the_latents_and_their_scale(images: Path, tmp_path: Path) -> None:
     source = AutoencoderTrainer(make_config(images, tmp_path / "base", steps=2)).train()
     config = make_config(images, tmp_path / "decoder", steps=3, perceptual=1.0, disc_start=0)

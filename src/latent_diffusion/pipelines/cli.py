@@ -139,7 +139,7 @@ def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None, p
     """``pipeline_class.from_pretrained`` (default TextToImage), any failure a one-line UsageError."""
     from latent_diffusion.pipelines.base import WrongModelError
     from latent_diffusion.pipelines.text_to_image import TextToImage
-    from latent_diffusion.training.settings import resolve_device
+    from latent_diffusion.hardware import resolve_device
 
     try:
         return (pipeline_class or TextToImage).from_pretrained(model, device=resolve_device(device),

@@ -66,6 +66,10 @@ class AutoencoderTrainingConfig(Config):
     def __post_init__(self) -> None:
         check_positive("scale_factor_samples", self.scale_factor_samples)
         check_choice("train", self.train, ("all", "decoder"))
+        if self.optim.grad_accum != 1:  # it was once accepted and silently ignored
+            raise ValueError(f"optim.grad_accum={self.optim.grad_accum}: the autoencoder trainer steps on every "
+                             "batch (its adversarial schedule counts optimizer steps); raise run.batch_size "
+                             "instead, or use several processes (torchrun)")
         if self.train == "decoder" and not self.init_from:
             raise ValueError("train: decoder fine-tunes a trained autoencoder's decoder; set init_from to its "
                              "folder (a run's final/ or a model folder), or use train: all")
