@@ -97,6 +97,29 @@ def test_diffusers_folder_round_trip(model, tmp_path: Path) -> None:
     assert torch.equal(half.unet.state_dict()["input_blocks.1.0.in_layers.2.weight"], w.half().float())
 
 
+def test_a_tokenizer_saved_by_installed_transformers_is_read(model, tmp_path: Path) -> None:
+    """transformers 5 saves a CLIP tokenizer as tokenizer.json + tokenizer_config.json only (no
+    vocab.json / merges.txt); such a folder, as StableDiffusionPipeline.save_pretrained now writes
+    it, converts like any other."""
+    import shutil
+
+    import transformers
+
+    folder = save_diffusers(model, tmp_path / "diffusers")
+    loaded = transformers.CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    shutil.rmtree(folder / "tokenizer")
+    loaded.save_pretrained(str(folder / "tokenizer"))
+    assert not (folder / "tokenizer" / "vocab.json").exists() and (folder / "tokenizer" / "tokenizer.json").is_file()
+    back = components_from_diffusers(folder)
+    assert_same_model(model, back)
+    assert back.conditioner.config.clip_pad_token_id == model.conditioner.config.clip_pad_token_id
+    broken = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())
+    broken["model"] = {"type": "WordPiece", "vocab": {}}
+    (folder / "tokenizer" / "tokenizer.json").write_text(json.dumps(broken))
+    with pytest.raises(ConversionError, match="holds no BPE vocabulary"):
+        components_from_diffusers(folder)
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_single_file_import(model, version: str, suffix: str, tmp_path: Path) -> None:
     state = single_file_state(model)

@@ -6,7 +6,7 @@ Layout (what ``StableDiffusionPipeline.save_pretrained`` writes and ``from_pretr
     unet/config.json  unet/diffusion_pytorch_model.safetensors
     vae/config.json   vae/diffusion_pytorch_model.safetensors
     text_encoder/config.json  text_encoder/model.safetensors      (transformers CLIPTextModel)
-    tokenizer/vocab.json merges.txt tokenizer_config.json          (CLIP BPE)
+    tokenizer/vocab.json merges.txt tokenizer_config.json          (CLIP BPE; or tokenizer.json)
     scheduler/scheduler_config.json
 
 Weights are read from safetensors (also ``*.fp16.safetensors`` variants and sharded
@@ -113,10 +113,23 @@ def _load_part(folder: Path, stem: str) -> tuple[dict[str, torch.Tensor], str]:
     return state, str(files[0]) if len(files) == 1 else f"{folder}/{stem}.*"
 
 
+def _tokenizer_vocabulary(tokenizer: Path) -> tuple[dict[str, Any], Path]:
+    """The token -> id table of a ``tokenizer/`` folder: ``vocab.json`` (the slow tokenizer's files),
+    or the ``model.vocab`` of ``tokenizer.json``, which is all that recent transformers save."""
+    vocab_path = tokenizer / "vocab.json"
+    if vocab_path.is_file() or not (tokenizer / "tokenizer.json").is_file():
+        return _read_json(vocab_path), vocab_path
+    fast = tokenizer / "tokenizer.json"
+    model = _read_json(fast).get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ConversionError(f"{str(fast)!r} holds no BPE vocabulary (model.type BPE with model.vocab); "
+                              "only CLIP's BPE tokenizer (SD 1.x/2.x) is supported")
+    return model["vocab"], fast
+
+
 def _pad_token_id(tokenizer: Path) -> int:
     """The pad id of a diffusers ``tokenizer/`` folder, after checking it is CLIP's vocabulary."""
-    vocab_path = tokenizer / "vocab.json"
-    vocab = _read_json(vocab_path)
+    vocab, vocab_path = _tokenizer_vocabulary(tokenizer)
     ours = load_clip_bpe()[0]
     if len(vocab) != len(ours) or any(vocab.get(token) != i for i, token in enumerate(ours)):
         raise ConversionError(f"{str(vocab_path)!r} is not CLIP's BPE vocabulary (the only tokenizer "
