@@ -201,7 +201,8 @@ def run_preview(args: argparse.Namespace) -> int:
     atomic_write(output, lambda tmp: grid.save(tmp, format=image_format))
     columns = max(1, math.ceil(math.sqrt(len(indices))))
     for cell, index in enumerate(indices):
-        print(f"[{cell // columns},{cell % columns}] {dataset.caption(index)}")
+        style = dataset.extra(index).get("style")  # the art style, where a dataset has several
+        print(f"[{cell // columns},{cell % columns}] {dataset.caption(index)}" + (f"  ({style})" if style else ""))
     print(f"wrote {output} ({len(indices)} images)")
     return 0
 
