@@ -66,8 +66,9 @@ from latent_diffusion.evaluation.generalization import (COPY_RATIO, Distance, Li
                                                         mean_pairwise_distance, neighbour_ratios, pixel_distance)
 from latent_diffusion.evaluation.prompts import (PROMPT_SET_SEED, build_prompt_sets, gallery_embeddings,
                                                  score_prompt_sets)
-from latent_diffusion.evaluation.runner import (Conditions, EvalSettings, build_eval_dataset, cache_name,
-                                                generate_images)
+from latent_diffusion.evaluation.data import build_eval_dataset, cache_name
+from latent_diffusion.evaluation.generation import Conditions, generate_images
+from latent_diffusion.evaluation.settings import EvalSettings
 
 if TYPE_CHECKING:
     from latent_diffusion.pipelines.components import DiffusionComponents

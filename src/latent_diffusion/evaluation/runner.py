@@ -18,11 +18,12 @@ Metric groups (``EvalSettings.metrics``; empty = the default of the model kind):
   models - held-out (concept, style) pairs, copies of training pictures, seed diversity
   (:mod:`latent_diffusion.evaluation.emoji_styles`). Default for text models on ``emoji-styles``.
 
-FID is computed exactly without ``scipy.linalg.sqrtm`` (:func:`fid_exact`): sqrtm of a 2048 x 2048
-product takes 40-200 s on a small CPU, a symmetric eigen-decomposition ~3 s, and with fewer images
-than feature dimensions the trace of the square root is the nuclear norm of an ``N1 x N2``
-matrix (milliseconds). FID on a few hundred images is dominated by its upward bias (it falls like
-1/N): compare FIDs only at equal N; KID, reported beside it, is unbiased.
+FID is exact and needs no sqrtm (:func:`~latent_diffusion.evaluation.fid.fid_exact`). FID on a few
+hundred images is dominated by its upward bias (it falls like 1/N): compare FIDs only at equal N;
+KID, reported beside it, is unbiased. The pieces this module puts together live beside it:
+``settings`` (what decides the numbers), ``data`` (splits and their cache identity),
+``generation`` (conditions and seeded noise streams), ``fid``, ``reconstruction``, ``prompts``
+(adherence) and ``emoji_styles`` (generalization).
 
 Reproducibility: items, noise and KID subsets all come from ``seed``; the same settings give
 the same numbers (on the same machine and library versions).
@@ -30,11 +31,9 @@ the same numbers (on the same machine and library versions).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,108 +41,50 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import latent_diffusion
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
-from latent_diffusion.config import Config
-from latent_diffusion.data import DATASET_NAMES, EMOJI_STYLES_SPLITS, build_dataset, data_root
-from latent_diffusion.data.common import SPLITS, ImageCaptionDataset
-from latent_diffusion.data.emoji import STYLES as EMOJI_STYLES
-from latent_diffusion.data.emoji_styles.styles import check_styles
+from latent_diffusion.data.common import ImageCaptionDataset
+from latent_diffusion.evaluation.data import (  # noqa: F401  (part of this module's API)
+    build_eval_dataset,
+    cache_name,
+    dataset_identity,
+    drawn_indices,
+    image_batches,
+    progress_bar,
+    spread_indices,
+)
 from latent_diffusion.evaluation.features_cache import FeatureSet, cached_dataset_features, extract_features
-from latent_diffusion.evaluation.fid import feature_statistics, kid
+from latent_diffusion.evaluation.fid import (  # noqa: F401
+    KID_SUBSET_SIZE,
+    fid_exact,
+    fid_kid,
+    frechet_distance_eigh,
+    trace_sqrt_product,
+)
+from latent_diffusion.evaluation.generation import (  # noqa: F401
+    Conditions,
+    derived_seed,
+    features_of,
+    generate_images,
+    split_conditions,
+)
 from latent_diffusion.evaluation.reconstruction import evaluate_autoencoder
+from latent_diffusion.evaluation.settings import (  # noqa: F401
+    DEFAULT_DIFFUSION_SAMPLES,
+    DEFAULT_GUIDANCE,
+    METRIC_GROUPS,
+    RESULT_FORMAT,
+    STYLED_DATA,
+    STYLES_GROUPS,
+    TEXT_KINDS,
+    EvalSettings,
+    Extractor,
+)
 from latent_diffusion.hardware import resolve_device
 from latent_diffusion.io import atomic_write_text, load_module
 from latent_diffusion.pipelines.components import INDEX_FILE, DiffusionComponents, load_components, model_hash
-from latent_diffusion.pipelines.generate import DEFAULT_SPACING, decode_images, sample_latents, text_conditions
-from latent_diffusion.sampling import SAMPLERS
-from latent_diffusion.sampling.discretization import SPACINGS
-from latent_diffusion.validation import check_choice, check_positive
-
-Extractor = Callable[[torch.Tensor], torch.Tensor]
-STYLES_GROUPS = ("composition", "memorization", "diversity")  # emoji-styles text models only
-METRIC_GROUPS = ("reconstruction", "fid", "adherence", *STYLES_GROUPS)
-STYLED_DATA = ("emoji", "emoji-styles")  # the datasets with styles and skin tones
-TEXT_KINDS = ("minilm", "transformer", "clip")
-DEFAULT_DIFFUSION_SAMPLES = 256
-DEFAULT_GUIDANCE = 4.0  # what training previews use (PreviewConfig.guidance)
-KID_SUBSET_SIZE = 1000  # torch-fidelity's default; capped by the number of images
-RESULT_FORMAT = "latent-diffusion-eval"
-
-
-@dataclass
-class EvalSettings(Config):
-    """Everything that decides the numbers of one evaluation (written into the result JSON).
-
-    ``num_samples``: generated images for FID/KID (None = 256); for an autoencoder folder the
-    number of images reconstructed (None = the whole split). ``num_reference``: real images of a
-    diffusion model's evaluation, for FID/KID and reconstruction (None = the whole split), spread
-    evenly over the split. ``resolution``: for
-    autoencoder folders (default 64); a diffusion model has its own. ``guidance``: None = 4 for
-    conditional models, 1 (no guidance) for unconditional ones. ``spacing``: None = the sampler's
-    default (``pipelines.generate.DEFAULT_SPACING``).
-    """
-
-    model: str
-    data: str = "emoji"
-    data_path: str | None = None
-    split: Literal["train", "validation", "composition", "all"] = "validation"
-    val_fraction: float | None = None
-    caption_mode: Literal["full", "name", "variant"] = "full"
-    resolution: int | None = None
-    num_samples: int | None = None
-    num_reference: int | None = None
-    metrics: tuple[str, ...] = ()
-    sampler: str = "dpmpp_2m"
-    steps: int = 25
-    guidance: float | None = None
-    spacing: str | None = None
-    seed: int = 0
-    batch_size: int = 16
-    adherence_prompts: int = 100
-    kid_subsets: int = 100
-    perceptual: bool = True
-    device: str = "cpu"
-    # emoji-styles generalization groups: samples checked for copies, prompts x seeds for diversity
-    memorization_samples: int = 128
-    diversity_prompts: int = 16
-    diversity_seeds: int = 4
-    # emoji and emoji-styles: the styles and whether skin-tone variants are in the split (None: all styles).
-    # The adherence gallery always holds every emoji picture, whatever these say.
-    styles: tuple[str, ...] | None = None
-    skin_tones: bool = True
-
-    def __post_init__(self) -> None:
-        check_choice("data", self.data, DATASET_NAMES)
-        check_choice("split", self.split, EMOJI_STYLES_SPLITS if self.data == "emoji-styles" else SPLITS)
-        check_choice("caption_mode", self.caption_mode, ("full", "name", "variant"))
-        check_choice("sampler", self.sampler, sorted(SAMPLERS))
-        if self.spacing is not None:
-            check_choice("spacing", self.spacing, SPACINGS)
-        for name in ("steps", "batch_size", "adherence_prompts", "kid_subsets", "memorization_samples",
-                     "diversity_prompts"):
-            check_positive(name, getattr(self, name))
-        if self.diversity_seeds < 2:
-            raise ValueError(f"diversity_seeds={self.diversity_seeds!r} must be >= 2 (diversity compares pairs)")
-        if (self.styles is not None or not self.skin_tones) and self.data not in STYLED_DATA:
-            raise ValueError(f"styles and skin_tones select emoji pictures; data={self.data!r} has neither")
-        if self.data == "emoji-styles" and self.styles is not None:
-            self.styles = check_styles(self.styles)
-        for style in (self.styles or ()) if self.data == "emoji" else ():
-            check_choice("styles", style, EMOJI_STYLES)
-        for name in ("num_samples", "resolution"):
-            if getattr(self, name) is not None:
-                check_positive(name, getattr(self, name))
-        if self.num_reference is not None and self.num_reference < 2:
-            raise ValueError(f"num_reference={self.num_reference!r} must be >= 2 (FID needs a covariance)")
-        if self.guidance is not None:
-            check_positive("guidance", self.guidance, allow_zero=True)
-        for group in self.metrics:
-            check_choice("metrics", group, METRIC_GROUPS)
-        if self.data == "imagefolder" and not self.data_path:
-            raise ValueError("data_path is required for data='imagefolder': the folder of images")
+from latent_diffusion.pipelines.generate import DEFAULT_SPACING  # noqa: F401
 
 
 @dataclass
@@ -229,133 +170,7 @@ def default_metrics(model: LoadedModel, data: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------ data
 
 
-def build_eval_dataset(settings: EvalSettings, channels: int, split: str | None = None,
-                       **options: Any) -> ImageCaptionDataset:
-    """The dataset split the settings name, at the model's resolution and channel count."""
-    extra = {"path": settings.data_path, "channels": channels, "caption_mode": settings.caption_mode}
-    if settings.data in STYLED_DATA:
-        extra.update(skin_tones=settings.skin_tones, **({"styles": settings.styles} if settings.styles else {}))
-    extra.update(options)
-    if settings.val_fraction is not None:
-        extra["val_fraction"] = settings.val_fraction
-    dataset = build_dataset(settings.data, split or settings.split, settings.resolution or 64, **extra)
-    if len(dataset) == 0:
-        raise ValueError(f"the {split or settings.split!r} split of {settings.data!r} is empty; "
-                         "choose another --split or --val-fraction")
-    return dataset
-
-
-def dataset_identity(settings: EvalSettings, channels: int, what: str = "images") -> str:
-    """A string naming exactly which images a dataset holds (written into the result JSON)."""
-    path = str(Path(settings.data_path).resolve()) if settings.data_path else f"cache:{data_root()}"
-    subset = ""
-    if what != "gallery" and (settings.styles or not settings.skin_tones):  # old names stay valid
-        subset = f";styles={','.join(settings.styles or ())};skin_tones={settings.skin_tones}"
-    return f"{settings.data}[{what};path={path};channels={channels};val_fraction={settings.val_fraction}{subset}]"
-
-
-def cache_name(settings: EvalSettings, channels: int, what: str = "images") -> str:
-    """Short feature-cache name for :func:`dataset_identity`: readable prefix, digest of the rest
-    (a long data path would otherwise make the cache file name too long for the file system)."""
-    digest = hashlib.sha256(dataset_identity(settings, channels, what).encode()).hexdigest()[:12]
-    return f"{settings.data}-{what}-{digest}"
-
-
-def spread_indices(length: int, count: int) -> list[int]:
-    """``count`` distinct indices spread evenly over ``range(length)`` (all when count >= length).
-
-    Datasets are ordered (emoji: by style, then Unicode order), so the first ``count`` items
-    would be a biased subset; even spacing is deterministic without a seed, which keeps the
-    reference features cacheable.
-    """
-    if count >= length:
-        return list(range(length))
-    return np.linspace(0, length - 1, count).round().astype(int).tolist()
-
-
-def drawn_indices(length: int, count: int, seed: int) -> list[int]:
-    """``count`` items drawn without replacement, repeating the split when ``count > length``."""
-    rng = np.random.RandomState(seed)
-    order: list[int] = []
-    while len(order) < count:
-        order += rng.permutation(length).tolist()
-    return order[:count]
-
-
-def image_batches(dataset: ImageCaptionDataset, indices: Sequence[int], batch_size: int,
-                  bar: tqdm | None = None) -> Iterator[torch.Tensor]:
-    """Stacked images ``[B, C, H, W]`` of ``dataset[indices]`` in chunks of ``batch_size``."""
-    for start in range(0, len(indices), batch_size):
-        chunk = indices[start:start + batch_size]
-        yield torch.stack([dataset[i]["image"] for i in chunk])
-        if bar is not None:
-            bar.update(len(chunk))
-
-
-def progress_bar(total: int, desc: str, enabled: bool) -> tqdm:
-    """A tqdm bar on stderr (hidden when ``enabled`` is False)."""
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-
 # ------------------------------------------------------------------------------------ FID / KID
-
-
-def _centred(features: np.ndarray) -> np.ndarray:
-    return (features - features.mean(axis=0)) / np.sqrt(features.shape[0] - 1)
-
-
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``tr sqrt(S1 S2)`` for symmetric PSD matrices, by two symmetric eigen-decompositions.
-
-    ``S1 S2`` is similar to ``S1^1/2 S2 S1^1/2`` (symmetric PSD), so its square root's trace is
-    the sum of the square roots of that matrix's eigenvalues; no non-symmetric sqrtm is needed.
-    """
-    w, v = np.linalg.eigh(sigma1)
-    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    inner = root1 @ sigma2 @ root1
-    eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)  # symmetrize away round-off
-    return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
-
-
-def frechet_distance_eigh(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2)`` via :func:`trace_sqrt_product`.
-
-    Exact for singular covariances too, so unlike pytorch-fid no diagonal offset is ever added.
-    """
-    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
-
-
-def fid_exact(features1: np.ndarray | torch.Tensor, features2: np.ndarray | torch.Tensor) -> float:
-    """FID between two feature sets ``[N1, D]`` and ``[N2, D]``, computed exactly in float64.
-
-    With ``S1 = A^T A`` and ``S2 = B^T B`` (A, B the centred features over ``sqrt(N - 1)``), the
-    non-zero eigenvalues of ``S1 S2`` are the squared singular values of ``A B^T``, so
-    ``tr sqrt(S1 S2)`` is the nuclear norm of that ``N1 x N2`` matrix: cheap whenever an image set
-    is smaller than the feature dimension (the usual case here). Otherwise the eigen route.
-    """
-    a = np.asarray(features1.double().cpu().numpy() if isinstance(features1, torch.Tensor) else features1, np.float64)
-    b = np.asarray(features2.double().cpu().numpy() if isinstance(features2, torch.Tensor) else features2, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be [N, D] with equal D, got {a.shape} and {b.shape}")
-    if min(len(a), len(b)) < 2:
-        raise ValueError(f"FID needs at least 2 images per set, got {len(a)} and {len(b)}")
-    if min(len(a), len(b)) >= a.shape[1]:
-        mu1, sigma1 = feature_statistics(a)
-        mu2, sigma2 = feature_statistics(b)
-        return frechet_distance_eigh(mu1, sigma1, mu2, sigma2)
-    ca, cb = _centred(a), _centred(b)
-    diff = a.mean(axis=0) - b.mean(axis=0)
-    nuclear = float(np.linalg.svd(ca @ cb.T, compute_uv=False).sum())
-    return float(diff @ diff + (ca * ca).sum() + (cb * cb).sum() - 2.0 * nuclear)
-
-
-def fid_kid(real: torch.Tensor, fake: torch.Tensor, kid_subsets: int, seed: int) -> dict[str, Any]:
-    """FID and KID (mean, std over subsets) of ``fake`` features against ``real`` features."""
-    subset = min(KID_SUBSET_SIZE, len(real), len(fake))
-    kid_mean, kid_std = kid(real, fake, subsets=kid_subsets, subset_size=subset, seed=seed)
-    return {"fid": fid_exact(real, fake), "kid": kid_mean, "kid_std": kid_std, "kid_subset_size": subset,
-            "kid_subsets": kid_subsets, "num_generated": len(fake), "num_reference": len(real)}
 
 
 def reference_features(dataset: ImageCaptionDataset, extractor: Extractor, settings: EvalSettings, channels: int,
@@ -376,75 +191,6 @@ def reference_features(dataset: ImageCaptionDataset, extractor: Extractor, setti
 
 
 # ------------------------------------------------------------------------------------ generation
-
-
-@dataclass
-class Conditions:
-    """What each generated image is conditioned on: prompts, class labels, or nothing."""
-
-    prompts: list[str] | None = None
-    labels: list[int] | None = None
-
-    def batch(self, components: DiffusionComponents, start: int, stop: int) -> tuple[dict, dict | None]:
-        """UNet kwargs (cond, uncond) of items ``start:stop``."""
-        conditioner = components.conditioner
-        if self.prompts is not None:
-            return text_conditions(components, self.prompts[start:stop])
-        if self.labels is not None:
-            with torch.no_grad():
-                labels = self.labels[start:stop]
-                return conditioner(labels=labels), conditioner.unconditional(len(labels))
-        return {}, None
-
-
-def split_conditions(components: DiffusionComponents, dataset: ImageCaptionDataset,
-                     indices: Sequence[int]) -> Conditions:
-    """Captions (text models) or labels (class models) of ``dataset[indices]``; none if unconditional."""
-    kind = components.conditioner.kind
-    if kind in TEXT_KINDS:
-        return Conditions(prompts=[dataset.caption(i) for i in indices])
-    if kind == "class":
-        classes = components.conditioner.config.num_classes
-        names = dataset.class_names
-        if names is None or len(names) != classes:
-            raise ValueError(f"the model has {classes} classes but the dataset has "
-                             f"{'no labels' if names is None else f'{len(names)} classes'}; evaluate it on "
-                             "the dataset it was trained on")
-        labels = [dataset.label(i) for i in indices]
-        if min(labels) < 0:
-            raise ValueError("some items of the split have no label (-1); a class model needs labelled items")
-        return Conditions(labels=labels)
-    return Conditions()
-
-
-def derived_seed(seed: int, stream: str, index: int) -> int:
-    """A seed for batch ``index`` of the random stream ``stream`` (SHA-256: streams never overlap)."""
-    digest = hashlib.sha256(f"{seed}:{stream}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (2**63)
-
-
-def generate_images(components: DiffusionComponents, conditions: Conditions, count: int, *, sampler: str,
-                    steps: int, guidance: float, seed: int, batch_size: int, spacing: str | None = None,
-                    stream: str = "fid", progress: bool = False) -> torch.Tensor:
-    """``count`` images ``[N, C, H, W]`` in [-1, 1] (CPU float32); batch ``b`` uses noise seed
-    ``derived_seed(seed, stream, b)``, so equal settings give equal images."""
-    check_positive("count", count)
-    images = []
-    with progress_bar(count, f"generate ({stream})", progress) as bar:
-        for number, start in enumerate(range(0, count, batch_size)):
-            stop = min(start + batch_size, count)
-            cond, uncond = conditions.batch(components, start, stop)
-            latents = sample_latents(components, cond, uncond, batch_size=stop - start,
-                                     seed=derived_seed(seed, stream, number), steps=steps, sampler=sampler,
-                                     guidance=guidance, spacing=spacing)
-            images.append(decode_images(components, latents).cpu())
-            bar.update(stop - start)
-    return torch.cat(images)
-
-
-def features_of(extractor: Extractor, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Extractor features of an image tensor, in chunks (CPU float32)."""
-    return extract_features(extractor, images.split(batch_size))
 
 
 # ------------------------------------------------------------------------------------ reconstruction
