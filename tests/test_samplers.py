@@ -241,7 +241,7 @@ def test_same_seed_same_samples_and_one_callback_per_step(gauss, name):
     assert [float(c["sigma"]) for c in calls] == pytest.approx(sigmas[:-1].tolist(), rel=1e-6)
     assert [float(c["sigma_next"]) for c in calls] == pytest.approx(sigmas[1:].tolist(), rel=1e-6, abs=0)
     assert all(c["denoised"].shape == x.shape and c["x"].shape == x.shape for c in calls)
-    stochastic = name in ("ddpm", "euler_ancestral")
+    stochastic = name in ("ddpm", "euler_ancestral", "lcm")
     assert torch.equal(first, run(name, denoiser, x, sigmas, seed=10)) != stochastic
 
 
@@ -372,7 +372,7 @@ def test_bad_input(gauss):
     x = torch.zeros(2, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"sampler='plms'.*\['ddim', 'ddpm', 'dpmpp_2m', 'euler'"):
         get_sampler("plms")
-    with pytest.raises(ValueError, match=r"spacing='uniform'.*\['leading', 'trailing', 'linspace', 'karras'\]"):
+    with pytest.raises(ValueError, match=r"spacing='uniform'.*\['leading', 'trailing', 'linspace', 'karras', 'lcm'\]"):
         get_sigmas(SCHEDULE, 10, "uniform")
     for steps in (0, -3, 2.5):
         with pytest.raises(ValueError, match=rf"steps={steps!r} must be an integer >= 1"):
@@ -436,3 +436,36 @@ def test_samplers_match_diffusers_at_the_generate_spacings(gauss, name, spacing)
     denoiser = DiscreteDenoiser(net, SCHEDULE, "eps", quantize=quantize)
     ours = run(name, denoiser, initial_latent(noise, sigmas), sigmas, seed=17)
     torch.testing.assert_close(ours, reference.double(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_lcm_matches_diffusers_lcm_scheduler_step_by_step(gauss, steps):
+    """The lcm sampler over the "lcm" spacing, with the consistency boundary condition, against
+    diffusers' LCMScheduler on the same network, noise and generator: timesteps, every step's x0
+    estimate and the result."""
+    from diffusers import LCMScheduler
+
+    from latent_diffusion.sampling import ConsistencyDenoiser, sample_lcm
+
+    scheduler = LCMScheduler(**SD_BETAS, timestep_spacing="leading", steps_offset=1, clip_sample=False)
+    scheduler.set_timesteps(steps)
+    assert get_timesteps(SCHEDULE, steps, "lcm").tolist() == scheduler.timesteps.tolist()
+    net = gauss.model("eps")
+    noise = torch.randn(64, 4, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    generator, x, reference_x0 = torch.Generator().manual_seed(14), noise.clone(), []
+    for t in scheduler.timesteps:
+        out = scheduler.step(net(x, t.double().expand(64)), t, x, generator=generator)
+        x = out.prev_sample
+        reference_x0.append(out.denoised)
+    sigmas = get_sigmas(SCHEDULE, steps, "lcm")
+    steps_seen = []
+    ours = sample_lcm(ConsistencyDenoiser(DiscreteDenoiser(net, SCHEDULE, "eps")), initial_latent(noise, sigmas),
+                      sigmas, generator=torch.Generator().manual_seed(14), callback=steps_seen.append)
+    for step, expected in zip(steps_seen, reference_x0):
+        torch.testing.assert_close(step["denoised"], expected.double(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours, x.double(), rtol=0, atol=1e-5)
+
+
+def test_lcm_spacing_refuses_more_steps_than_its_grid():
+    with pytest.raises(ValueError, match="distilled on 50 timesteps samples in at most 50 steps"):
+        get_timesteps(SCHEDULE, 51, "lcm")

@@ -30,7 +30,7 @@ from latent_diffusion.sampling.discretization import SPACINGS
 from latent_diffusion.validation import check_choice, check_positive
 
 DEFAULT_SPACING = {"euler": "trailing", "euler_ancestral": "trailing", "heun": "karras",
-                   "dpmpp_2m": "karras", "ddim": "trailing", "ddpm": "trailing"}
+                   "dpmpp_2m": "karras", "ddim": "trailing", "ddpm": "trailing", "lcm": "lcm"}
 
 
 def sample_latents(

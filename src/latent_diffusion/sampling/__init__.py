@@ -1,7 +1,7 @@
 """Sampling: discretizations, the discrete-model denoiser, samplers, classifier-free guidance,
 mask-guided inpainting."""
 
-from latent_diffusion.sampling.denoiser import DiscreteDenoiser
+from latent_diffusion.sampling.denoiser import ConsistencyDenoiser, DiscreteDenoiser
 from latent_diffusion.sampling.discretization import (
     SPACINGS,
     get_sigmas,
@@ -22,12 +22,14 @@ from latent_diffusion.sampling.samplers import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+    sample_lcm,
 )
 
 __all__ = [
     "SAMPLERS",
     "SPACINGS",
     "CFGDenoiser",
+    "ConsistencyDenoiser",
     "DiscreteDenoiser",
     "MaskedDenoiser",
     "concat_conditions",
@@ -45,5 +47,6 @@ __all__ = [
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sample_lcm",
     "sigmas_for_strength",
 ]

@@ -13,8 +13,12 @@ levels) to visit:
   DDIM/DDPM schedulers round them to integers first.
 - ``"karras"``: Karras et al. 2022 (EDM), ``sigma_i = (smax^(1/rho) + i/(steps-1) (smin^(1/rho) -
   smax^(1/rho)))^rho`` between the schedule's smallest and largest sigma, ``rho = 7``.
+- ``"lcm"``: the timesteps a latent consistency model was distilled on (Luo et al. 2023): the
+  skipping-step grid ``k - 1, 2k - 1, ..., T - 1`` with ``k = T // original_steps`` (50 in LCM), of
+  which ``steps`` evenly spaced by index are visited, from ``T - 1`` down.
 
-The timesteps of the first three match diffusers' ``timestep_spacing`` options exactly.
+The timesteps of the first three match diffusers' ``timestep_spacing`` options exactly, and
+``"lcm"`` matches diffusers' ``LCMScheduler``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch
 from latent_diffusion.diffusion.schedule import NoiseSchedule
 from latent_diffusion.validation import check_choice, check_in_range, check_positive
 
-SPACINGS = ("leading", "trailing", "linspace", "karras")
+SPACINGS = ("leading", "trailing", "linspace", "karras", "lcm")
+LCM_ORIGINAL_STEPS = 50  # the distillation grid of LCM (and of diffusers' LCMScheduler default)
 
 
 def _check_steps(steps: int, schedule: NoiseSchedule) -> None:
@@ -38,18 +43,21 @@ def _check_steps(steps: int, schedule: NoiseSchedule) -> None:
 
 
 def get_timesteps(
-    schedule: NoiseSchedule, steps: int, spacing: str = "leading", *, steps_offset: int = 1
+    schedule: NoiseSchedule, steps: int, spacing: str = "leading", *, steps_offset: int = 1,
+    original_steps: int = LCM_ORIGINAL_STEPS,
 ) -> torch.Tensor:
     """The ``[steps]`` decreasing (float64) training timesteps a ``spacing`` visits.
 
     ``"karras"`` gives the fractional timesteps of its sigmas. ``steps_offset`` only shifts
-    ``"leading"``.
+    ``"leading"``; ``original_steps`` is ``"lcm"``'s distillation grid.
     """
     check_choice("spacing", spacing, SPACINGS)
     _check_steps(steps, schedule)
     T = schedule.num_timesteps
     if spacing == "karras":
         return schedule.sigma_to_t(karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps))
+    if spacing == "lcm":
+        return lcm_timesteps(T, steps, original_steps)
     # numpy on purpose: the same float operations as diffusers, so the rounding agrees exactly.
     if spacing == "leading":
         timesteps = (np.arange(steps) * (T // steps)).round()[::-1] + steps_offset
@@ -64,6 +72,19 @@ def get_timesteps(
     return torch.tensor(timesteps.copy(), dtype=torch.float64)
 
 
+def lcm_timesteps(num_timesteps: int, steps: int, original_steps: int = LCM_ORIGINAL_STEPS) -> torch.Tensor:
+    """``steps`` timesteps of the LCM skipping-step grid of ``original_steps`` (see the module docstring)."""
+    if not 1 <= original_steps <= num_timesteps:
+        raise ValueError(f"original_steps={original_steps} must lie in [1, {num_timesteps}]")
+    if steps > original_steps:
+        raise ValueError(f"steps={steps}: a consistency model distilled on {original_steps} timesteps samples in "
+                         f"at most {original_steps} steps (2-8 is what it is for)")
+    k = num_timesteps // original_steps
+    grid = (np.arange(1, original_steps + 1) * k - 1)[::-1]
+    indices = np.floor(np.linspace(0, original_steps, num=steps, endpoint=False)).astype(np.int64)
+    return torch.tensor(grid[indices].copy(), dtype=torch.float64)
+
+
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
     """Karras et al. 2022 noise levels (``[steps]``, float64, decreasing, without the final 0)."""
     check_positive("rho", rho)
@@ -76,7 +97,7 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
 
 def get_sigmas(
     schedule: NoiseSchedule, steps: int, spacing: str = "leading", *, rho: float = 7.0,
-    steps_offset: int = 1,
+    steps_offset: int = 1, original_steps: int = LCM_ORIGINAL_STEPS,
 ) -> torch.Tensor:
     """The ``[steps + 1]`` decreasing float64 noise levels a sampler visits, ending with 0."""
     check_choice("spacing", spacing, SPACINGS)
@@ -84,7 +105,8 @@ def get_sigmas(
     if spacing == "karras":
         sigmas = karras_sigmas(schedule.sigma_min, schedule.sigma_max, steps, rho)
     else:
-        sigmas = schedule.t_to_sigma(get_timesteps(schedule, steps, spacing, steps_offset=steps_offset))
+        sigmas = schedule.t_to_sigma(get_timesteps(schedule, steps, spacing, steps_offset=steps_offset,
+                                                   original_steps=original_steps))
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
@@ -121,5 +143,5 @@ def noised_latent(latent: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
     return latent + float(sigma) * noise
 
 
-__all__ = ["SPACINGS", "get_sigmas", "get_timesteps", "initial_latent", "karras_sigmas", "noised_latent",
+__all__ = ["LCM_ORIGINAL_STEPS", "SPACINGS", "lcm_timesteps", "get_sigmas", "get_timesteps", "initial_latent", "karras_sigmas", "noised_latent",
            "sigmas_for_strength"]

@@ -199,6 +199,23 @@ def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *
     return x
 
 
+def sample_lcm(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args: dict | None = None,
+               callback: Callback | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM, Luo et al. 2023): each step
+    jumps to the clean estimate ``D(x, sigma)`` and, unless it is the last, noises it afresh to the
+    next level. For a consistency model (``D`` with its boundary condition,
+    :class:`~latent_diffusion.sampling.denoiser.ConsistencyDenoiser`) over the ``"lcm"`` spacing,
+    this is diffusers' ``LCMScheduler`` step for step."""
+    sigmas = _check_sigmas(sigmas, x)
+    for i in range(len(sigmas) - 1):
+        denoised = _denoise(denoiser, x, sigmas[i], extra_args)
+        _report(callback, i, x, sigmas, denoised)
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * _noise(x, generator)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
@@ -206,6 +223,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "euler_ancestral": sample_euler_ancestral,
     "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m,
+    "lcm": sample_lcm,
 }
 
 
