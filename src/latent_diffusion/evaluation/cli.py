@@ -20,7 +20,7 @@ Examples::
 
     ldm eval runs/emoji-autoencoder/final --split validation
     ldm eval runs/emoji-diffusion/final --num-samples 256 --steps 25 --output eval.json
-    ldm eval models/emoji-styles --data emoji-styles --steps 20
+    ldm eval runs/emoji-styles-unet/final --data emoji-styles --steps 20
     ldm eval MODEL --data imagefolder --data-path photos/ --metrics fid reconstruction
 """
 
@@ -42,9 +42,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("model", help="model folder (model_index.json) or autoencoder folder (autoencoder.json)")
     data = parser.add_argument_group("data")
     # Names are checked by EvalSettings, not argparse `choices`, so a typo is a one-line error.
-    data.add_argument("--data", default="emoji", help="emoji, emoji-styles, fashion-mnist, mnist or imagefolder (default emoji)")
+    data.add_argument("--data", default="emoji",
+                      help="emoji, emoji-styles, fashion-mnist, mnist or imagefolder (default emoji)")
     data.add_argument("--data-path", default=None, help="imagefolder: the folder; others: a prepared folder")
-    data.add_argument("--split", default="validation", help="train, validation or all; emoji-styles also composition (default validation)")
+    data.add_argument("--split", default="validation",
+                      help="train, validation or all; emoji-styles also composition (default validation)")
     data.add_argument("--val-fraction", type=float, default=None, help="validation fraction (dataset default)")
     data.add_argument("--caption-mode", default="full", help="captions used as prompts: full, name or variant")
     data.add_argument("--resolution", type=int, default=None, help="autoencoder folders only (default 64)")

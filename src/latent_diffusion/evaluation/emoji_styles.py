@@ -260,11 +260,11 @@ def diversity(components: DiffusionComponents, gallery: StylesGallery, settings:
     prompts = [gallery.name(c) for c in concepts for _ in range(seeds)]
     images = sample(components, prompts, settings, "diversity", progress).split(seeds)
     distances = {"pixel": pixel_distance} | ({"perceptual": perceptual} if perceptual is not None else {})
+    real_styles = [torch.stack([gallery.dataset[i]["image"] for i in base_rows[c]]) for c in concepts]  # read once
     result: dict[str, Any] = {"num_prompts": count, "seeds": seeds, "examples": prompts[::seeds][:3]}
     for name, distance in distances.items():
         generated = [mean_pairwise_distance(group, distance) for group in images]
-        real = [mean_pairwise_distance(torch.stack([gallery.dataset[i]["image"] for i in base_rows[c]]), distance)
-                for c in concepts]
+        real = [mean_pairwise_distance(pictures, distance) for pictures in real_styles]
         result[name] = {"samples": float(np.mean(generated)), "real_styles": float(np.mean(real))}
     result["pixel_unit"] = "mean |difference| in grey levels of 0-255"
     return result

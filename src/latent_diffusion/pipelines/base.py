@@ -155,7 +155,6 @@ class Pipeline:
         self.components = components.eval()
         self.model_hash = model_hash
         self.vae_tile: int | None = None
-        self.precision = "fp32"
         self.set_precision(precision)
 
     def set_precision(self, precision: str) -> None:
