@@ -94,8 +94,11 @@ def test_openapi_documents_every_operation(client: TestClient) -> None:
         assert {"200", "413", "422", "429"} <= set(operation["responses"])
     txt2img = schema["components"]["schemas"]["Txt2ImgRequest"]
     assert "prompt" in txt2img["required"]
-    assert txt2img["properties"]["steps"]["minimum"] == 1
-    assert "dpmpp_2m" in txt2img["properties"]["sampler"]["enum"]
+    # steps, sampler and guidance may be null (the model's own default: a consistency model has its own).
+    steps = {k: v for option in txt2img["properties"]["steps"]["anyOf"] for k, v in option.items()}
+    assert steps["minimum"] == 1 and {"type": "null"} in txt2img["properties"]["steps"]["anyOf"]
+    samplers = [option for option in txt2img["properties"]["sampler"]["anyOf"] if "enum" in option]
+    assert "dpmpp_2m" in samplers[0]["enum"] and "lcm" in samplers[0]["enum"]
 
 
 def test_the_page_and_its_files_are_served(client: TestClient) -> None:

@@ -51,6 +51,8 @@ def unet_key_to_diffusers(key: str, num_res_blocks: int) -> str:
         return {"0": "time_embedding.linear_1.", "2": "time_embedding.linear_2."}[index] + tail
     if head == "label_emb":
         return "class_embedding." + rest
+    if head == "time_cond_proj":
+        return "time_embedding.cond_proj." + rest
     if head == "out":
         index, _, tail = rest.partition(".")
         return {"0": "conv_norm_out.", "2": "conv_out."}[index] + tail
@@ -155,6 +157,7 @@ def unet_config_to_diffusers(config: UNetConfig, sample_size: int) -> dict[str, 
         "downsample_padding": 1,
         "mid_block_scale_factor": 1,
         "upcast_attention": False,
+        "time_cond_proj_dim": config.time_cond_proj_dim,
     }
 
 
@@ -163,7 +166,7 @@ _UNSUPPORTED_DEFAULTS = {
     "center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu",
     "downsample_padding": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-5,
     "time_embedding_type": "positional", "class_embed_type": None, "addition_embed_type": None,
-    "encoder_hid_dim": None, "encoder_hid_dim_type": None, "time_cond_proj_dim": None,
+    "encoder_hid_dim": None, "encoder_hid_dim_type": None,
     "dual_cross_attention": False, "only_cross_attention": False, "conv_in_kernel": 3,
     "conv_out_kernel": 3, "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": False,
     "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None,
@@ -219,6 +222,7 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any], where: str = "unet/config
     if in_channels < out_channels:
         raise ConversionError(f"{where}: in_channels={in_channels} < out_channels={out_channels} is not supported")
     class_embeds = cfg.get("num_class_embeds")
+    cond_proj = cfg.get("time_cond_proj_dim")  # a latent consistency model's guidance embedding
     try:
         return UNetConfig(
             in_channels=out_channels,
@@ -238,6 +242,7 @@ def unet_config_from_diffusers(cfg: Mapping[str, Any], where: str = "unet/config
             use_scale_shift_norm=shift == "scale_shift",
             dropout=float(cfg.get("dropout", 0.0)),
             norm_groups=int(cfg.get("norm_num_groups", 32)),
+            time_cond_proj_dim=None if cond_proj is None else int(cond_proj),
         )
     except ValueError as err:
         raise ConversionError(f"{where}: {err}") from err

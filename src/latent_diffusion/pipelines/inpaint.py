@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from latent_diffusion.conditioning.image import masked_image_condition
-from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
+from latent_diffusion.pipelines.base import GenerationResult, Pipeline
 from latent_diffusion.pipelines.generate import encode_images
 from latent_diffusion.pipelines.images import ImageInput, input_hash, read_mask, resize_mask
 from latent_diffusion.sampling import latent_keep_mask
@@ -67,9 +67,9 @@ class Inpaint(Pipeline):
         prompt: str | list[str],
         strength: float = 1.0,
         num_images: int = 1,
-        steps: int = 25,
-        sampler: str = "dpmpp_2m",
-        guidance: float = 5.0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance: float | None = None,
         negative_prompt: str | list[str] | None = None,
         seed: int = 0,
         size: int | None = None,
@@ -88,8 +88,7 @@ class Inpaint(Pipeline):
         """
         method = self.resolve_method(method)
         check_in_range("strength", strength, 0.0, 1.0)
-        check_arguments(steps, sampler, guidance, seed, rescale, num_images,
-                        self.components.diffusion.num_timesteps)
+        steps, sampler, guidance = self.check_sampling(steps, sampler, guidance, seed, rescale, num_images)
         batch = self.prompt_batch(prompt, negative_prompt, num_images)
         picture, pixels, size = self.prepare_image(image, size, len(batch))
         hole = resize_mask(read_mask(mask, picture), size)

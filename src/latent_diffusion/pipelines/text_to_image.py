@@ -35,9 +35,9 @@ class TextToImage(Pipeline):
         self,
         prompt: str | list[str],
         num_images: int = 1,
-        steps: int = 25,
-        sampler: str = "dpmpp_2m",
-        guidance: float = 5.0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance: float | None = None,
         negative_prompt: str | list[str] | None = None,
         seed: int = 0,
         size: int | None = None,
@@ -48,15 +48,16 @@ class TextToImage(Pipeline):
     ) -> GenerationResult:
         """Make ``num_images`` images per prompt (prompt-major order) from seeded noise.
 
-        ``guidance`` is the classifier-free guidance scale (1: conditional model only);
+        ``steps``, ``sampler`` and ``guidance`` (the classifier-free guidance scale, 1: conditional
+        model only) default to the model's own (:attr:`sampling_defaults`: dpmpp_2m, 25 steps,
+        guidance 5; a latent consistency model's folder names its lcm steps and guidance);
         ``negative_prompt`` (one, or one per prompt) replaces the unconditional input;
         ``rescale`` is guidance rescale (Lin et al. 2023); ``size`` the image side (None: the
         model's native size); ``callback`` gets the sampler's per-step dict; ``interrupt()`` is
         called after each step and before decoding and each decoded tile (raise there to stop: how
         ``ldm serve`` cancels); ``progress`` shows a tqdm bar over the denoising steps.
         """
-        check_arguments(steps, sampler, guidance, seed, rescale, num_images,
-                        self.components.diffusion.num_timesteps)
+        steps, sampler, guidance = self.check_sampling(steps, sampler, guidance, seed, rescale, num_images)
         batch = self.prompt_batch(prompt, negative_prompt, num_images)
         size = self.check_size(size, len(batch))
         timings: dict[str, float] = {}

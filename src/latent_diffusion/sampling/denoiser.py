@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from latent_diffusion.diffusion import parameterization
+from latent_diffusion.diffusion.consistency import LCM_SIGMA_DATA, LCM_TIMESTEP_SCALING, boundary_scalings
 from latent_diffusion.diffusion.schedule import NoiseSchedule
 from latent_diffusion.validation import check_choice
 
@@ -93,24 +94,23 @@ class DiscreteDenoiser:
 
 class ConsistencyDenoiser:
     """A consistency model's output ``f(x, t) = c_skip(t) x_t + c_out(t) D(x, sigma)`` (LCM's
-    boundary condition, Song et al. 2023 / Luo et al. 2023): ``f`` is the identity at ``t = 0`` and
-    the inner x0 estimate elsewhere, with ``c_skip = s^2 / ((k t)^2 + s^2)``,
-    ``c_out = k t / sqrt((k t)^2 + s^2)``, ``s = sigma_data = 0.5`` and ``k = timestep_scaling = 10``
-    (LCM's values; by ``t = 259``, the last of 4 LCM steps, ``c_skip`` is ~4e-8). ``x_t`` is the
-    sample in the network's coordinates, ``x / sqrt(1 + sigma^2)``; ``t`` the (fractional)
-    timestep of ``sigma`` on ``inner.schedule``.
+    boundary condition, Song et al. 2023 / Luo et al. 2023;
+    :func:`~latent_diffusion.diffusion.consistency.boundary_scalings`): ``f`` is the identity at
+    ``t = 0`` and the inner x0 estimate elsewhere. ``x_t`` is the sample in the network's
+    coordinates, ``x / sqrt(1 + sigma^2)``; ``t`` the (fractional) timestep of ``sigma`` on
+    ``inner.schedule``.
     """
 
-    def __init__(self, inner: DiscreteDenoiser, timestep_scaling: float = 10.0, sigma_data: float = 0.5) -> None:
+    def __init__(self, inner: DiscreteDenoiser, timestep_scaling: float = LCM_TIMESTEP_SCALING,
+                 sigma_data: float = LCM_SIGMA_DATA) -> None:
         self.inner, self.timestep_scaling, self.sigma_data = inner, timestep_scaling, sigma_data
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float, **cond: Any) -> torch.Tensor:
         """The consistency output at noise level ``sigma`` (scalar or ``[batch]``), in ``x``'s dtype."""
         sigma = expand_sigma(sigma, x)
         wide = torch.promote_types(x.dtype, torch.float32)
-        scaled = self.inner.timestep(sigma).to(wide) * self.timestep_scaling
-        c_skip = self.sigma_data**2 / (scaled**2 + self.sigma_data**2)
-        c_out = scaled / (scaled**2 + self.sigma_data**2).sqrt()
+        c_skip, c_out = boundary_scalings(self.inner.timestep(sigma).to(wide), self.sigma_data,
+                                          self.timestep_scaling)
         x_t = x.to(wide) * append_dims((sigma.to(wide) ** 2 + 1).rsqrt(), x.ndim)
         denoised = self.inner(x, sigma, **cond).to(wide)
         return (append_dims(c_skip, x.ndim) * x_t + append_dims(c_out, x.ndim) * denoised).to(x.dtype)

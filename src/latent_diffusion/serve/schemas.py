@@ -29,9 +29,12 @@ class _Request(BaseModel):
 
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS,
                                         description="what to steer away from (null: the unconditional input)")
-    sampler: Sampler = Field("dpmpp_2m", description="sampling method")
-    steps: int = Field(25, ge=1, le=MAX_STEPS, description="denoising steps")
-    guidance: float = Field(5.0, ge=0.0, le=100.0, description="classifier-free guidance scale (1 = none)")
+    sampler: Sampler | None = Field(None, description="sampling method (null: the model's, dpmpp_2m or lcm)")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS,
+                              description="denoising steps (null: the model's, 25 or a consistency model's own)")
+    guidance: float | None = Field(None, ge=0.0, le=100.0,
+                                   description="classifier-free guidance scale, 1 = none (null: the model's, 5 or "
+                                               "a consistency model's own)")
     rescale: float = Field(0.0, ge=0.0, le=1.0, description="guidance rescale (Lin et al. 2023)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED,
                              description="random seed; null picks a random one (returned in the response)")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from latent_diffusion.pipelines.base import GenerationResult, Pipeline, check_arguments
+from latent_diffusion.pipelines.base import GenerationResult, Pipeline
 from latent_diffusion.pipelines.generate import sampling_sigmas
 from latent_diffusion.pipelines.images import check_square, read_mask, to_model_mode
 from latent_diffusion.pipelines.png import png_bytes
@@ -170,19 +170,20 @@ class Generator:
                                "(an upscaling model folder) to turn it on", status=409)
         return pipe
 
-    def _check_common(self, request: Any, pipe: Pipeline, limits: Limits) -> int:
-        if request.steps > limits.max_steps:
-            raise RequestError(f"steps={request.steps} is more than this server allows ({limits.max_steps})")
+    def _check_common(self, request: Any, pipe: Pipeline, limits: Limits) -> tuple[int, dict[str, Any]]:
+        """The seed and the sampling arguments (the model's defaults where the request has null)."""
         if request.num_images > limits.max_images:
             raise RequestError(f"num_images={request.num_images} is more than this server allows "
                                f"({limits.max_images} per request)")
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_BOUND)
         try:
-            check_arguments(request.steps, request.sampler, request.guidance, seed, request.rescale,
-                            request.num_images, pipe.components.diffusion.num_timesteps)
+            steps, sampler, guidance = pipe.check_sampling(request.steps, request.sampler, request.guidance, seed,
+                                                           request.rescale, request.num_images)
         except ValueError as err:
             raise RequestError(str(err)) from err
-        return seed
+        if steps > limits.max_steps:
+            raise RequestError(f"steps={steps} is more than this server allows ({limits.max_steps})")
+        return seed, {"steps": steps, "sampler": sampler, "guidance": guidance}
 
     def _input_image(self, request: Any, pipe: Pipeline, limits: Limits) -> Any:
         image = decode_image(request.image, "image", limits.max_input_side)
@@ -197,9 +198,8 @@ class Generator:
         """Check ``request`` for ``task`` within ``limits`` (the server's) and return the job to
         queue; RequestError on bad input."""
         pipe = self._pipeline(task)
-        seed = self._check_common(request, pipe, limits)
-        common = dict(num_images=request.num_images, steps=request.steps, sampler=request.sampler,
-                      guidance=request.guidance, negative_prompt=request.negative_prompt, seed=seed,
+        seed, sampling = self._check_common(request, pipe, limits)
+        common = dict(num_images=request.num_images, **sampling, negative_prompt=request.negative_prompt, seed=seed,
                       rescale=request.rescale, progress=False)
         strength = 1.0
         if isinstance(request, Txt2ImgRequest):
@@ -228,7 +228,7 @@ class Generator:
         else:
             raise TypeError(f"unknown request type {type(request).__name__}")
         # What the pipeline's own progress bar counts: image tasks run only the strength's share.
-        total = len(sampling_sigmas(pipe.components, request.steps, request.sampler, strength=strength)) - 1
+        total = len(sampling_sigmas(pipe.components, sampling["steps"], sampling["sampler"], strength=strength)) - 1
         submitted = time.perf_counter()
 
         def run(job: Job) -> GenerationResponse:

@@ -114,6 +114,18 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 BATCH_KNOBS = "run.batch_size or optim.grad_accum"
 
 
+def caption_composer(dataset: torch.utils.data.Dataset, data: DataConfig) -> torch.utils.data.Dataset | None:
+    """The dataset itself when ``data.caption_mode`` is ``compose`` (a fresh caption per item and
+    step from its caption sampler, so no picture has one fixed caption; the texts are then encoded
+    each step), else None; a dataset without a caption sampler is refused."""
+    if data.caption_mode != "compose":
+        return None
+    if not hasattr(dataset, "compose_caption"):
+        raise ValueError(f"data.caption_mode=compose needs a dataset with a caption sampler (emoji-styles); "
+                         f"{data.name!r} has none: use caption_mode random")
+    return dataset
+
+
 class DiffusionTrainer:
     """Builds the models, caches, optimizer and logger of a run; :meth:`train` runs it."""
 
@@ -170,12 +182,7 @@ class DiffusionTrainer:
                         *(["with-images"] if keep_images else []))
         dataset = dataset_from_config(config.data, "train")
         batches_per_epoch(len(dataset), self.global_batch, BATCH_KNOBS)  # before any cache is written
-        # caption_mode "compose": a fresh caption per item and step from the dataset's caption
-        # sampler (so no picture has one fixed caption); the texts are then encoded each step.
-        self.composer = dataset if config.data.caption_mode == "compose" else None
-        if self.composer is not None and not hasattr(dataset, "compose_caption"):
-            raise ValueError(f"data.caption_mode=compose needs a dataset with a caption sampler (emoji-styles); "
-                             f"{config.data.name!r} has none: use caption_mode random")
+        self.composer = caption_composer(dataset, config.data)
         main = self.ctx.is_main
         # caption_mode "random": keep every wording of each item and pick one per step.
         variants = config.data.caption_mode == "random"

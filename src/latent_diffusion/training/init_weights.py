@@ -37,7 +37,7 @@ def init_unet_from(unet: UNet, folder: str | Path) -> None:
     config_path = folder / "unet.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"init_from={str(folder)!r} has no unet.json; point it at a model folder "
-                                "(e.g. a run's final/ folder or models/emoji-64)")
+                                "(e.g. a run's final/ folder or models/emoji-styles)")
     source = UNetConfig.load(config_path)
     target = unet.config
     # Gradient checkpointing changes memory, not the function; extra input channels are widened.

@@ -3,7 +3,7 @@
 ``UNet(UNetConfig(...))(x, timesteps, context=..., context_mask=..., class_labels=..., concat=...)``
 """
 
-from latent_diffusion.unet.blocks import Downsample, ResBlock, Upsample, timestep_embedding
+from latent_diffusion.unet.blocks import Downsample, ResBlock, Upsample, guidance_embedding, timestep_embedding
 from latent_diffusion.unet.transformer import BasicTransformerBlock, SpatialTransformer
 from latent_diffusion.unet.unet import TimestepEmbedSequential, UNet, UNetConfig
 
@@ -16,5 +16,6 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "Upsample",
+    "guidance_embedding",
     "timestep_embedding",
 ]

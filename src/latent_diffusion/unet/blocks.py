@@ -36,6 +36,25 @@ def timestep_embedding(
     return embedding
 
 
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding [B, dim] of guidance weights ``w`` [B], as LCM embeds them
+    (diffusers' ``get_guidance_scale_embedding``): ``w`` is scaled by 1000, frequencies are
+    ``10000 ** (-i / (half - 1))``, sines first; an odd ``dim`` gets a zero column. A latent
+    consistency model is given ``w = guidance scale - 1``.
+    """
+    if w.ndim != 1:
+        raise ValueError(f"w has shape {tuple(w.shape)}; expected [batch]")
+    half = dim // 2
+    if half < 2:
+        raise ValueError(f"dim={dim} must be >= 4 for a guidance embedding")
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))
+    args = (w.to(torch.float32) * 1000.0)[:, None] * freqs[None]
+    embedding = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and cast back, so bf16/fp16 statistics stay accurate."""
 

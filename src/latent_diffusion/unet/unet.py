@@ -53,6 +53,10 @@ class UNetConfig(Config):
     classifier-free guidance), so ``label_emb`` has ``num_classes + 1`` rows.
     ``concat_channels``: extra input channels stacked onto the noisy latent (SD inpainting: 5).
     ``context_dim=None``: no cross-attention; transformer blocks then only self-attend.
+    ``time_cond_proj_dim``: width of an extra embedding (a latent consistency model's guidance
+    scale, :func:`~latent_diffusion.unet.blocks.guidance_embedding`) projected without bias and
+    added to the sinusoidal timestep features, as diffusers' ``time_cond_proj_dim``; the forward
+    pass then needs ``timestep_cond``.
     """
 
     in_channels: int = 4
@@ -73,6 +77,7 @@ class UNetConfig(Config):
     gradient_checkpointing: bool = False
     norm_groups: int = 32
     mid_attention: bool = True
+    time_cond_proj_dim: int | None = None
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -126,6 +131,8 @@ class UNet(nn.Module):
         )
         if c.num_classes is not None:
             self.label_emb = nn.Embedding(c.num_classes + 1, emb_dim)
+        if c.time_cond_proj_dim is not None:
+            self.time_cond_proj = nn.Linear(c.time_cond_proj_dim, c.model_channels, bias=False)
         skip_channels = self._build_input_blocks(emb_dim)
         ch = c.model_channels * c.channel_mult[-1]
         self.middle_block = TimestepEmbedSequential(
@@ -225,6 +232,7 @@ class UNet(nn.Module):
         context_mask: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
         concat: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict from the noisy latent ``x`` [B, in_channels, H, W] at ``timesteps``.
 
@@ -234,10 +242,16 @@ class UNet(nn.Module):
             context_mask: [B, L] bool, True for real tokens; padding then has no effect.
             class_labels: [B] integers in [0, num_classes]; num_classes is the null label.
             concat: [B, concat_channels, H, W], stacked onto ``x`` (required iff configured).
+            timestep_cond: [B, time_cond_proj_dim] (required iff configured), e.g. the guidance
+                scale's embedding of a latent consistency model.
         """
         t = self._check_inputs(x, timesteps, context, context_mask, class_labels, concat)
+        self._check_timestep_cond(x, timestep_cond)
         dtype = self.time_embed[0].weight.dtype
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
+        features = timestep_embedding(t, self.config.model_channels).to(dtype)
+        if timestep_cond is not None:
+            features = features + self.time_cond_proj(timestep_cond.to(dtype))
+        emb = self.time_embed(features)
         if self.config.num_classes is not None:
             emb = emb + self.label_emb(class_labels)
         h = x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1)
@@ -322,6 +336,18 @@ class UNet(nn.Module):
         if context_mask is not None:
             check_context_mask(context_mask, context.shape[0], context.shape[1])
 
+    def _check_timestep_cond(self, x: torch.Tensor, timestep_cond: torch.Tensor | None) -> None:
+        dim = self.config.time_cond_proj_dim
+        if dim is None:
+            if timestep_cond is not None:
+                raise ValueError("timestep_cond was given but the model has time_cond_proj_dim=None")
+            return
+        if timestep_cond is None:
+            raise ValueError(f"timestep_cond is required: the model has time_cond_proj_dim={dim}; pass "
+                             f"[batch, {dim}] (guidance_embedding of the guidance scale - 1)")
+        if timestep_cond.shape != (x.shape[0], dim):
+            raise ValueError(f"timestep_cond has shape {tuple(timestep_cond.shape)}; expected [{x.shape[0]}, {dim}]")
+
     def _check_class_labels(self, x: torch.Tensor, class_labels: torch.Tensor | None) -> None:
         n = self.config.num_classes
         if n is None:
@@ -383,7 +409,7 @@ def _check_config(c: UNetConfig) -> None:
                  "transformer_depth", "norm_groups"):
         _check_int(name, getattr(c, name), 1)
     _check_int("concat_channels", c.concat_channels, 0)
-    for name in ("head_dim", "context_dim", "num_classes"):
+    for name in ("head_dim", "context_dim", "num_classes", "time_cond_proj_dim"):
         _check_int(name, getattr(c, name), 1, optional=True)
     if not isinstance(c.channel_mult, tuple) or not c.channel_mult:
         raise ValueError(f"channel_mult={c.channel_mult!r} must be a non-empty tuple of integers")
