@@ -89,7 +89,8 @@ def make_components(spec: dict, seed: int = 0) -> DiffusionComponents:
         autoencoder.decoder.conv_out.weight.mul_(0.3)
     conditioner = randomize(build_conditioner(spec["clip"]), seed + 2)
     diffusion = DiffusionConfig(prediction=spec["prediction"])
-    return DiffusionComponents(autoencoder, unet, conditioner, diffusion, spec["resolution"]).eval()
+    return DiffusionComponents(autoencoder, unet, conditioner, diffusion, spec["resolution"],
+                               consistency=spec.get("consistency")).eval()
 
 
 def single_file_state(components: DiffusionComponents, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -144,6 +144,40 @@ def test_same_pixels_as_diffusers_stable_diffusion_pipeline(exported, diffusers_
     assert diff <= 2
 
 
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_same_pixels_as_diffusers_latent_consistency_pipeline(tmp_path, steps: int) -> None:
+    """A latent consistency model (SD 1 structure, guidance-embedded UNet, random weights) exported as a
+    diffusers LatentConsistencyModelPipeline folder: diffusers' pipeline, ours on the model, and ours on
+    the folder converted back give the same image; ours needs no sampler, steps or guidance flags."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    from latent_diffusion.convert import components_from_diffusers
+    from latent_diffusion.diffusion.consistency import ConsistencyConfig
+
+    consistency = ConsistencyConfig(embedding_dim=32, guidance_min=1.0, guidance_max=16.0, steps=steps,
+                                    guidance=8.5)
+    spec = {**TINY["sd1"], "unet": TINY["sd1"]["unet"].replace(time_cond_proj_dim=32), "consistency": consistency}
+    model = make_components(spec, seed=13)
+    folder = save_diffusers(model, tmp_path / "lcm")
+    pipe = LatentConsistencyModelPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    seed, prompt = 5, PROMPTS[0]
+    with torch.no_grad():
+        theirs = pipe(prompt, num_inference_steps=steps, guidance_scale=8.5, generator=torch.Generator().manual_seed(seed),
+                      height=model.resolution, width=model.resolution, output_type="np").images
+    ours = TextToImage(model)(prompt, seed=seed, progress=False)
+    assert (ours.metadata[0].sampler, ours.metadata[0].steps) == ("lcm", steps)
+    converted = components_from_diffusers(folder)
+    assert converted.consistency.embedding_dim == 32 and converted.consistency.original_steps == 50
+    again = TextToImage(converted)(prompt, seed=seed, steps=steps, guidance=8.5, progress=False)
+    ours_px = np.asarray(ours.images[0]).astype(np.int16)
+    theirs_px = np.round(theirs[0] * 255).astype(np.int16)
+    assert 20 < ours_px.std()
+    diff = int(np.abs(ours_px - theirs_px).max())
+    print(f"\nlcm, {steps} steps: max pixel difference {diff}/255")
+    assert diff <= 2
+    assert int(np.abs(ours_px - np.asarray(again.images[0]).astype(np.int16)).max()) <= 1
+
+
 @slow
 @pytest.mark.parametrize("name", ["sd15", "sd21"])
 def test_full_size_networks_match_diffusers(name: str) -> None:

@@ -101,7 +101,9 @@ def test_openapi_documents_every_operation(client: TestClient) -> None:
     assert "dpmpp_2m" in samplers[0]["enum"] and "lcm" in samplers[0]["enum"]
 
 
-def test_the_page_and_its_files_are_served(client: TestClient) -> None:
+def test_the_page_and_its_files_are_served(client: TestClient, generator: Generator) -> None:
+    from latent_diffusion.pipelines.budget import largest_side, memory_budget
+
     page = client.get("/")
     assert page.status_code == 200 and 'id="prompt"' in page.text and "/static/app.js" in page.text
     for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
@@ -110,6 +112,10 @@ def test_the_page_and_its_files_are_served(client: TestClient) -> None:
     info = client.get("/api/info").json()
     assert info["tasks"] == ["txt2img", "img2img", "inpaint", "upscale"]
     assert info["native_size"] == 16 and info["upscale_factor"] == 4 and info["upscale_input_size"] == 4
+    assert info["sampling_defaults"] == {"sampler": "dpmpp_2m", "steps": 25, "guidance": 5.0}
+    # The memory budget's answer, the same the CLI's size check gives (pipelines/budget.py).
+    text = generator.pipelines["txt2img"]
+    assert info["max_image_side"] == largest_side(text.components, text.size_multiple, 1, memory_budget()) > 16
 
 
 # ---- the operations ----------------------------------------------------------------------------

@@ -34,7 +34,12 @@ from latent_diffusion.convert.clip_keys import (
     strip_hf_prefix,
 )
 from latent_diffusion.convert.errors import ConversionError, check_state, shapes_of
-from latent_diffusion.convert.schedulers import diffusion_from_scheduler_config, scheduler_config_for_export
+from latent_diffusion.convert.schedulers import (
+    consistency_from_scheduler_config,
+    diffusion_from_scheduler_config,
+    lcm_scheduler_config_for_export,
+    scheduler_config_for_export,
+)
 from latent_diffusion.convert.unet_keys import (
     unet_config_from_diffusers,
     unet_config_to_diffusers,
@@ -59,7 +64,8 @@ INDEX_FILE = "model_index.json"
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Pipelines whose parts are exactly the SD 1.x/2.x ones (extra parts such as a safety checker are
 # ignored); SDXL's second text encoder and the like are refused.
-PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+             "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline")
 FOREIGN_PARTS = ("text_encoder_2", "tokenizer_2", "transformer", "prior", "image_encoder")
 PAD_TOKENS = {"<|endoftext|>": END_ID}
 
@@ -188,15 +194,20 @@ def components_from_diffusers(folder: str | Path, prediction: str | None = None,
     conditioner.load_state_dict(text_state)
     conditioner.to(dtype)
 
-    diffusion = diffusion_from_scheduler_config(_read_json(folder / "scheduler" / "scheduler_config.json"),
-                                                prediction, str(folder / "scheduler" / "scheduler_config.json"))
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    scheduler_cfg = _read_json(scheduler_path)
+    diffusion = diffusion_from_scheduler_config(scheduler_cfg, prediction, str(scheduler_path))
+    consistency = None
+    if unet_config.time_cond_proj_dim is not None:  # a latent consistency model (LCM-distilled UNet)
+        consistency = consistency_from_scheduler_config(scheduler_cfg, unet_config.time_cond_proj_dim,
+                                                        str(scheduler_path))
     sample_size = unet_cfg.get("sample_size", 64)
     if isinstance(sample_size, (list, tuple)):
         sample_size = sample_size[0]
     resolution = int(sample_size) * vae_config.downsampling_factor
     unet = build_with_state(lambda: UNet(unet_config), unet_state, dtype)
     autoencoder = build_with_state(lambda: Autoencoder(vae_config), vae_state, dtype)
-    return DiffusionComponents(autoencoder, unet, conditioner, diffusion, resolution).eval()
+    return DiffusionComponents(autoencoder, unet, conditioner, diffusion, resolution, consistency=consistency).eval()
 
 
 def _cast(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -210,8 +221,9 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def save_diffusers(components: DiffusionComponents, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``components`` as a diffusers StableDiffusionPipeline folder (atomically: the folder
-    appears complete or not at all). ``dtype`` casts the stored weights (e.g. ``torch.float16``)."""
+    """Write ``components`` as a diffusers StableDiffusionPipeline folder (LatentConsistencyModelPipeline
+    for a latent consistency model) atomically: the folder
+    appears complete or not at all. ``dtype`` casts the stored weights (e.g. ``torch.float16``)."""
     conditioner = components.conditioner
     if conditioner.kind != "clip":
         raise ConversionError(f"diffusers' StableDiffusionPipeline needs a CLIP text encoder; this model's "
@@ -234,14 +246,17 @@ def save_diffusers(components: DiffusionComponents, folder: str | Path, dtype: t
                      _cast(clip_to_hf_state(conditioner.state_dict(), conditioner.config), dtype),
                      metadata={"format": "pt"})
         write_hf_tokenizer_files(tmp / "tokenizer", conditioner.config.max_length, conditioner.config.clip_pad_token_id)
-        _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler_config_for_export(components.diffusion))
+        consistency = components.consistency
+        scheduler = (scheduler_config_for_export(components.diffusion) if consistency is None
+                     else lcm_scheduler_config_for_export(components.diffusion, consistency))
+        _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
         _write_json(tmp / INDEX_FILE, {
-            "_class_name": "StableDiffusionPipeline",
+            "_class_name": "StableDiffusionPipeline" if consistency is None else "LatentConsistencyModelPipeline",
             "_diffusers_version": "0.30.0",
             "feature_extractor": [None, None],
             "safety_checker": [None, None],
             "requires_safety_checker": False,
-            "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+            "scheduler": ["diffusers", scheduler["_class_name"]],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],

@@ -21,7 +21,14 @@ from typing import Any
 import torch
 
 from latent_diffusion.convert.errors import ConversionError
+from latent_diffusion.diffusion.consistency import LCM_SIGMA_DATA, ConsistencyConfig
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
+
+# What a converted latent consistency model samples with: LatentConsistencyModelPipeline's
+# defaults (4 steps, guidance 8.5). A diffusers folder does not say which guidance scales the model
+# was distilled on (LCM's script draws w + 1 from [4, 16] by default), so every scale from 1 to 16
+# is allowed.
+LCM_DEFAULT_STEPS, LCM_DEFAULT_GUIDANCE, LCM_GUIDANCE_RANGE = 4, 8.5, (1.0, 16.0)
 
 BETA_SCHEDULES = {"linear_in_sqrt_beta": "scaled_linear", "linear": "linear", "cosine": "squaredcos_cap_v2"}
 PREDICTIONS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -83,6 +90,34 @@ def scheduler_config_for_export(diffusion: DiffusionConfig) -> dict[str, Any]:
         **_common(diffusion),
         **_dpmpp_2m_options(),
     }
+
+
+def consistency_from_scheduler_config(cfg: Mapping[str, Any], embedding_dim: int,
+                                      where: str = "scheduler/scheduler_config.json") -> ConsistencyConfig:
+    """The :class:`ConsistencyConfig` of a diffusers latent consistency model (a UNet with
+    ``time_cond_proj_dim``; its scheduler an ``LCMScheduler``, whose grid and scaling it keeps)."""
+    name = cfg.get("_class_name", "LCMScheduler")
+    if name != "LCMScheduler":
+        raise ConversionError(f"{where}: the UNet embeds a guidance scale (time_cond_proj_dim={embedding_dim}), which "
+                              f"only latent consistency models do, but the scheduler is {name!r}, not LCMScheduler")
+    try:
+        return ConsistencyConfig(
+            embedding_dim=embedding_dim, original_steps=int(cfg.get("original_inference_steps", 50)),
+            guidance_min=LCM_GUIDANCE_RANGE[0], guidance_max=LCM_GUIDANCE_RANGE[1], steps=LCM_DEFAULT_STEPS,
+            guidance=LCM_DEFAULT_GUIDANCE, timestep_scaling=float(cfg.get("timestep_scaling", 10.0)))
+    except ValueError as err:
+        raise ConversionError(f"{where}: {err}") from err
+
+
+def lcm_scheduler_config_for_export(diffusion: DiffusionConfig, consistency: ConsistencyConfig) -> dict[str, Any]:
+    """``scheduler_config.json`` of an exported latent consistency model: the ``LCMScheduler`` that
+    takes the steps of our ``lcm`` sampler (diffusers' scheduler fixes sigma_data at 0.5)."""
+    if consistency.sigma_data != LCM_SIGMA_DATA:
+        raise ConversionError(f"diffusers' LCMScheduler fixes sigma_data at {LCM_SIGMA_DATA}; this model has "
+                              f"{consistency.sigma_data} and cannot be exported")
+    return {"_class_name": "LCMScheduler", "_diffusers_version": "0.30.0", **_common(diffusion),
+            "original_inference_steps": consistency.original_steps, "timestep_scaling": consistency.timestep_scaling,
+            "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0, "timestep_spacing": "leading"}
 
 
 def _dpmpp_2m_options() -> dict[str, Any]:

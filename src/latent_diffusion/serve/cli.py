@@ -23,7 +23,11 @@ from latent_diffusion.pipelines.cli import add_precision_argument
 def register(subparsers: Any) -> None:
     """Add ``ldm serve`` to the ``ldm`` parser."""
     parser = subparsers.add_parser("serve", help="serve a web page and an HTTP API for generation",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="Besides the limits above, every request's memory is estimated from the model "
+                                          "before it is queued and refused (413/422) above the budget: 3/4 of this "
+                                          "machine's memory, or LDM_MEMORY_BUDGET_GB. GET /api/info reports the "
+                                          "budget, the largest image side it allows (max_image_side) and the limits.")
     parser.add_argument("--model", type=Path, default=None, metavar="PATH",
                         help=f"model folder (default: the shipped models/{DEFAULT_MODEL_NAME})")
     parser.add_argument("--upscaler", type=Path, default=None, metavar="PATH",

@@ -149,9 +149,17 @@ class Generator:
 
     def info(self, limits: Limits) -> dict[str, Any]:
         """What the page needs to build its form: sizes, tasks, the server's ``limits``."""
+        from latent_diffusion.pipelines.budget import largest_side, memory_budget
+
         text = self.pipelines["txt2img"]
         upscale = self.pipelines["upscale"]
         return {
+            # What a request with null steps, sampler or guidance gets (a consistency model has its own).
+            "sampling_defaults": text.sampling_defaults,
+            # The memory budget (pipelines/budget.py): the largest txt2img side one image may have.
+            "memory_budget_gib": round(memory_budget() / 2**30, 2),
+            "max_image_side": largest_side(text.components, text.size_multiple, 1, memory_budget(),
+                                           text.vae_tile),
             "tasks": self.tasks,
             "native_size": text.native_size,
             "image_channels": text.components.autoencoder.config.out_channels,

@@ -15,7 +15,7 @@ async function loadInfo() {
   for (const name of info.samplers) {
     const option = document.createElement("option");
     option.value = option.textContent = name;
-    if (name === "dpmpp_2m") option.selected = true;
+    if (name === info.sampling_defaults.sampler) option.selected = true;
     sampler.appendChild(option);
   }
   $("steps").max = info.limits.max_steps;
@@ -62,7 +62,11 @@ function selectTask(task) {
   for (const el of document.querySelectorAll(".for-inpaint")) el.hidden = task !== "inpaint";
   for (const el of document.querySelectorAll(".for-strength")) el.hidden = !(task === "img2img" || task === "inpaint");
   $("strength").value = task === "inpaint" ? "1" : "0.75";
-  $("guidance").value = task === "upscale" ? "1" : "5";
+  // The model's own defaults (a consistency model samples with lcm, few steps and its guidance).
+  const defaults = state.info ? state.info.sampling_defaults : { sampler: "dpmpp_2m", steps: 25, guidance: 5 };
+  $("guidance").value = task === "upscale" ? "1" : String(defaults.guidance);
+  $("steps").value = task === "upscale" ? "25" : String(defaults.steps);
+  $("sampler").value = task === "upscale" ? "dpmpp_2m" : defaults.sampler;
 }
 
 // ---- input image and mask painting -------------------------------------------------------------
