@@ -235,3 +235,24 @@ def test_the_png_metadata_reproduces_a_consistency_image(workspace: Path, tmp_pa
     again = pipe(meta.prompts[0], seed=meta.seed, steps=meta.steps, sampler=meta.sampler, guidance=meta.guidance,
                  progress=False)
     np.testing.assert_array_equal(np.asarray(result[0]), np.asarray(again[0]))
+
+
+def test_ldm_eval_samples_a_consistency_model_as_it_samples(workspace: Path, tmp_path: Path) -> None:
+    from latent_diffusion.evaluation.runner import evaluate
+    from latent_diffusion.evaluation.settings import EvalSettings
+
+    final = workspace / "run" / "final"
+    if not final.is_dir():
+        DistillTrainer(make_config(workspace, "run", steps=2)).train()
+
+    def pooled(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 2).flatten(1)
+
+    settings = EvalSettings(model=str(final), data="imagefolder", data_path=str(workspace / "images"), split="all",
+                            metrics=("fid",), num_samples=4, batch_size=4)
+    result = evaluate(settings, extractor=pooled, cache_dir=tmp_path)
+    chosen = result["settings"]
+    assert (chosen["sampler"], chosen["steps"], chosen["guidance"], chosen["spacing"]) == ("lcm", 4, 4.0, "lcm")
+    assert math.isfinite(result["metrics"]["generation"]["fid"])
+    with pytest.raises(ValueError, match="--sampler lcm"):
+        evaluate(settings.replace(sampler="euler"), extractor=pooled, cache_dir=tmp_path)

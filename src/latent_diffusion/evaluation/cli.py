@@ -73,8 +73,9 @@ def register(subparsers: Any) -> None:
     what.add_argument("--kid-subsets", type=int, default=100, help="random subsets averaged by KID")
     what.add_argument("--no-perceptual", action="store_true", help="skip the perceptual distance")
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--sampler", default="dpmpp_2m", help="ddim, ddpm, euler, euler_ancestral, heun, dpmpp_2m")
-    sampling.add_argument("--steps", type=int, default=25)
+    sampling.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_ancestral, heun, dpmpp_2m, lcm "
+                                                          "(default dpmpp_2m; lcm for a consistency model)")
+    sampling.add_argument("--steps", type=int, default=None, help="default 25; a consistency model's own")
     sampling.add_argument("--guidance", type=float, default=None, help="CFG scale (default 4; 1 if unconditional)")
     sampling.add_argument("--spacing", default=None, help="leading, trailing, linspace, karras (sampler default)")
     sampling.add_argument("--seed", type=int, default=0)

@@ -73,6 +73,7 @@ from latent_diffusion.evaluation.reconstruction import evaluate_autoencoder
 from latent_diffusion.evaluation.settings import (  # noqa: F401
     DEFAULT_DIFFUSION_SAMPLES,
     DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
     METRIC_GROUPS,
     RESULT_FORMAT,
     STYLED_DATA,
@@ -84,7 +85,7 @@ from latent_diffusion.evaluation.settings import (  # noqa: F401
 from latent_diffusion.hardware import resolve_device
 from latent_diffusion.io import atomic_write_text, load_module
 from latent_diffusion.pipelines.components import INDEX_FILE, DiffusionComponents, load_components, model_hash
-from latent_diffusion.pipelines.generate import DEFAULT_SPACING  # noqa: F401
+from latent_diffusion.pipelines.generate import DEFAULT_SPACING, check_consistency_call  # noqa: F401
 
 
 @dataclass
@@ -144,15 +145,21 @@ def resolve_settings(settings: EvalSettings, model: LoadedModel) -> EvalSettings
     if "fid" in metrics and num_samples is not None and num_samples < 2:
         raise ValueError(f"num_samples={num_samples} must be >= 2 for FID/KID (they need a covariance)")
     guidance = settings.guidance
+    consistency = model.components.consistency if model.components is not None else None
     if kind in ("none", None):
         if guidance not in (None, 1.0) and model.kind == "diffusion":
             raise ValueError(f"guidance={guidance} needs a conditional model; this one is unconditional (use 1)")
         guidance = 1.0
     elif guidance is None:
-        guidance = DEFAULT_GUIDANCE
-    spacing = settings.spacing or DEFAULT_SPACING.get(settings.sampler, "trailing")
+        guidance = DEFAULT_GUIDANCE if consistency is None else consistency.guidance
+    # A latent consistency model is evaluated as it samples: lcm and its own steps unless told.
+    sampler = settings.sampler or ("dpmpp_2m" if consistency is None else "lcm")
+    steps = settings.steps or (DEFAULT_STEPS if consistency is None else consistency.steps)
+    if consistency is not None:
+        check_consistency_call(model.components, sampler, steps, guidance)
+    spacing = settings.spacing or DEFAULT_SPACING.get(sampler, "trailing")
     return settings.replace(metrics=tuple(metrics), num_samples=num_samples, guidance=guidance, spacing=spacing,
-                            resolution=model.resolution)
+                            resolution=model.resolution, sampler=sampler, steps=steps)
 
 
 def default_metrics(model: LoadedModel, data: str) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ STYLED_DATA = ("emoji", "emoji-styles")  # the datasets with styles and skin ton
 TEXT_KINDS = ("minilm", "transformer", "clip")
 DEFAULT_DIFFUSION_SAMPLES = 256
 DEFAULT_GUIDANCE = 4.0  # what training previews use (PreviewConfig.guidance)
+DEFAULT_STEPS = 25
 RESULT_FORMAT = "latent-diffusion-eval"
 
 
@@ -50,8 +51,8 @@ class EvalSettings(Config):
     num_samples: int | None = None
     num_reference: int | None = None
     metrics: tuple[str, ...] = ()
-    sampler: str = "dpmpp_2m"
-    steps: int = 25
+    sampler: str | None = None  # None: the model's (dpmpp_2m; lcm for a consistency model)
+    steps: int | None = None  # None: the model's (25; a consistency model's own)
     guidance: float | None = None
     spacing: str | None = None
     seed: int = 0
@@ -73,11 +74,13 @@ class EvalSettings(Config):
         check_choice("data", self.data, DATASET_NAMES)
         check_choice("split", self.split, EMOJI_STYLES_SPLITS if self.data == "emoji-styles" else SPLITS)
         check_choice("caption_mode", self.caption_mode, ("full", "name", "variant"))
-        check_choice("sampler", self.sampler, sorted(SAMPLERS))
+        if self.sampler is not None:
+            check_choice("sampler", self.sampler, sorted(SAMPLERS))
         if self.spacing is not None:
             check_choice("spacing", self.spacing, SPACINGS)
-        for name in ("steps", "batch_size", "adherence_prompts", "kid_subsets", "memorization_samples",
-                     "diversity_prompts"):
+        if self.steps is not None:
+            check_positive("steps", self.steps)
+        for name in ("batch_size", "adherence_prompts", "kid_subsets", "memorization_samples", "diversity_prompts"):
             check_positive(name, getattr(self, name))
         if self.diversity_seeds < 2:
             raise ValueError(f"diversity_seeds={self.diversity_seeds!r} must be >= 2 (diversity compares pairs)")
