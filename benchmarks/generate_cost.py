@@ -12,7 +12,7 @@ The model, in order of preference:
 4. a random model of the architecture in ``configs/emoji-diffusion.yaml`` (its ``unet``,
    ``conditioner``, ``diffusion``, ``data.resolution``; the autoencoder from its ``autoencoder``
    folder's config if present, else ``configs/emoji-autoencoder.yaml``'s ``model``);
-5. fallback, the 64 px model's (models/emoji-64) class of size: autoencoder f=4 (base 32, channel_mult
+5. fallback, the retired 64 px model's (emoji-64) class of size: autoencoder f=4 (base 32, channel_mult
    (1, 2, 2), 4 latent channels), UNet 64 channels x (1, 2, 2) with attention at the two lower
    levels (``benchmarks/unet_speed.py``'s "small"), MiniLM text encoder, 64 px images.
 

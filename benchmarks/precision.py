@@ -8,7 +8,7 @@ differ at all. The CPU line says whether the machine has bf16 matrix units: with
 expected to be slower, and ``--precision auto`` keeps fp32 there.
 
     python benchmarks/precision.py                        # the shipped default model
-    python benchmarks/precision.py --model models/emoji-64 --steps 20 --repeats 5
+    python benchmarks/precision.py --model models/emoji-32 --steps 20 --repeats 5
 """
 
 from __future__ import annotations

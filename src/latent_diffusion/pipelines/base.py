@@ -36,7 +36,7 @@ from latent_diffusion.pipelines.png import GenerationMetadata
 from latent_diffusion.sampling import SAMPLERS
 from latent_diffusion.validation import check_choice, check_in_range, check_integer, check_positive
 
-DEFAULT_MODEL_NAME = "emoji-32"
+DEFAULT_MODEL_NAME = "emoji-styles"
 DEFAULT_UPSCALER_NAME = "emoji-sr-x4"  # the default of Upscale / ``ldm upscale``
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 DEFAULT_VAE_TILE = 64  # latents per tile side of enable_vae_tiling / --vae-tiling

@@ -2,7 +2,7 @@
 
     from latent_diffusion.pipelines import TextToImage
 
-    pipe = TextToImage.from_pretrained()            # the shipped models/emoji-32, on the CPU
+    pipe = TextToImage.from_pretrained()            # the shipped models/emoji-styles, on the CPU
     result = pipe("a smiling cat", num_images=4, seed=1)
     result.images[0].save("cat.png")                # or: for image in result: ...
     result.metadata[0].call_arguments()             # the arguments that make this batch again
