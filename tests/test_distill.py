@@ -220,6 +220,10 @@ def test_a_teacher_that_is_not_text_to_image_is_refused_before_anything_is_writt
     assert not (workspace / "never").exists()
     with pytest.raises(ValueError, match="grad_accum"):
         DistillTrainer(config.replace(optim=OptimConfig(grad_accum=2)))
+    with pytest.raises(ValueError, match="preview.sampler='euler'"):
+        config.replace(preview={"sampler": "euler"})
+    with pytest.raises(ValueError, match="outside the range"):
+        config.replace(preview={"sampler": "lcm", "steps": 4, "guidance": 12.0})
 
 
 def test_the_png_metadata_reproduces_a_consistency_image(workspace: Path, tmp_path: Path) -> None:

@@ -79,6 +79,11 @@ class DistillTrainingConfig(Config):
         check_choice("loss", self.loss, LOSSES)
         check_positive("huber_c", self.huber_c)
         check_in_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        # The previews sample the student as it will be sampled: refused now, not at the first grid.
+        if self.preview.sampler != "lcm":
+            raise ValueError(f"preview.sampler={self.preview.sampler!r}: a consistency model samples with lcm")
+        self.consistency.check_steps(self.preview.steps)
+        self.consistency.check_guidance(self.preview.guidance)
 
 
 def load_teacher(folder: str | Path, device: torch.device) -> DiffusionComponents:
