@@ -154,3 +154,71 @@ def test_interrupt_stops_a_call_inside_decoding_and_back_projection(monkeypatch:
         image_conditions.back_project(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 2, 2), iterations=5,
                                       interrupt=second_round)
     assert len(rounds) == 2
+
+
+def test_sigterm_stops_ldm_serve_within_seconds_while_a_job_runs(tmp_path: Path) -> None:
+    """#20: SIGTERM while a long job runs: the queue cancels it at its next step and the process exits
+    within the graceful-shutdown window (5 s) plus a margin, not after the job."""
+    import http.client
+    import json
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from ddp_worker import free_port
+    from test_text_to_image import tiny_components
+
+    from latent_diffusion.pipelines import save_components
+
+    folder = save_components(tiny_components(), tmp_path / "model")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "latent_diffusion", "serve", "--model", str(folder), "--port",
+                               str(port), "--max-steps", "1000", "--max-run-seconds", "3600"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait until it answers
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/api/health")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "ldm serve did not start"
+            time.sleep(0.2)
+
+        answers: list[int] = []
+
+        def long_job() -> None:  # 1000 steps x 8 images
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                connection.request("POST", "/api/txt2img", json.dumps({"prompt": "red heart", "steps": 1000,
+                                                                       "num_images": 8, "seed": 1}),
+                                   {"Content-Type": "application/json"})
+                answers.append(connection.getresponse().status)
+            except OSError:
+                answers.append(0)  # the connection closed: no result
+
+        job = threading.Thread(target=long_job, daemon=True)
+        job.start()
+        running = time.monotonic() + 30
+        while True:  # until the job is running
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/api/health")
+            if json.loads(connection.getresponse().read())["queue"]["running"] == 1:
+                break
+            assert time.monotonic() < running, "the job never started"
+            time.sleep(0.1)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        assert time.monotonic() - started < 10, "ldm serve took too long to stop"
+        job.join(timeout=10)
+        assert answers and answers[0] != 200, answers  # the job was stopped, not waited for
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

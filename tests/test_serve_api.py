@@ -116,6 +116,8 @@ def test_the_page_and_its_files_are_served(client: TestClient, generator: Genera
     # The memory budget's answer, the same the CLI's size check gives (pipelines/budget.py).
     text = generator.pipelines["txt2img"]
     assert info["max_image_side"] == largest_side(text.components, text.size_multiple, 1, memory_budget()) > 16
+    health = client.get("/api/health").json()
+    assert health["limits"] == info["limits"] and health["max_image_side"] == info["max_image_side"]
 
 
 # ---- the operations ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Routes::
 
     GET  /                     the page (static/index.html)
     GET  /api/info             model, tasks, samplers, limits (what the page builds its form from)
-    GET  /api/health           "ok" and the queue's counts
+    GET  /api/health           "ok", the queue's counts, the limits and the memory budget
     POST /api/{task}           task: txt2img, img2img, inpaint, upscale; JSON in, JSON out
     POST /api/{task}?stream=1  the same, answered as NDJSON events: queued (position), progress
                                (step/total), then result or error
@@ -223,7 +223,9 @@ def create_app(generator: Generator, settings: ServeSettings | None = None) -> F
 
     @app.get("/api/health", summary="Liveness and the queue's counts")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "queue": get_queue().stats()}
+        info = generator.info(settings.limits)  # the per-request caps and the memory budget's largest side
+        return {"status": "ok", "queue": get_queue().stats(), "limits": info["limits"],
+                "memory_budget_gib": info["memory_budget_gib"], "max_image_side": info["max_image_side"]}
 
     errors = {status: {"model": ErrorResponse, "description": text} for status, text in (
         (409, "the task is not enabled on this server"), (413, "request body or image too large"),
