@@ -24,7 +24,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -223,9 +223,8 @@ def create_app(generator: Generator, settings: ServeSettings | None = None) -> F
 
     @app.get("/api/health", summary="Liveness and the queue's counts")
     async def health() -> dict[str, Any]:
-        info = generator.info(settings.limits)  # the per-request caps and the memory budget's largest side
-        return {"status": "ok", "queue": get_queue().stats(), "limits": info["limits"],
-                "memory_budget_gib": info["memory_budget_gib"], "max_image_side": info["max_image_side"]}
+        # The per-request caps and the memory budget's largest side (computed once).
+        return {"status": "ok", "queue": get_queue().stats(), "limits": asdict(settings.limits), **generator.memory}
 
     errors = {status: {"model": ErrorResponse, "description": text} for status, text in (
         (409, "the task is not enabled on this server"), (413, "request body or image too large"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import secrets
 import time
@@ -142,6 +143,16 @@ class Generator:
         components, model_hash = text_to_image.components, text_to_image.model_hash
         return cls(text_to_image, ImageToImage(components, model_hash), Inpaint(components, model_hash), upscale)
 
+    @functools.cached_property
+    def memory(self) -> dict[str, Any]:
+        """The memory budget (pipelines/budget.py) and the largest txt2img side one image may have
+        under it; computed once, as the page polls /api/health."""
+        from latent_diffusion.pipelines.budget import largest_side, memory_budget
+
+        text, budget = self.pipelines["txt2img"], memory_budget()
+        return {"memory_budget_gib": round(budget / 2**30, 2),
+                "max_image_side": largest_side(text.components, text.size_multiple, 1, budget, text.vae_tile)}
+
     @property
     def tasks(self) -> list[str]:
         """The tasks this server can run."""
@@ -149,17 +160,12 @@ class Generator:
 
     def info(self, limits: Limits) -> dict[str, Any]:
         """What the page needs to build its form: sizes, tasks, the server's ``limits``."""
-        from latent_diffusion.pipelines.budget import largest_side, memory_budget
-
         text = self.pipelines["txt2img"]
         upscale = self.pipelines["upscale"]
         return {
             # What a request with null steps, sampler or guidance gets (a consistency model has its own).
             "sampling_defaults": text.sampling_defaults,
-            # The memory budget (pipelines/budget.py): the largest txt2img side one image may have.
-            "memory_budget_gib": round(memory_budget() / 2**30, 2),
-            "max_image_side": largest_side(text.components, text.size_multiple, 1, memory_budget(),
-                                           text.vae_tile),
+            **self.memory,
             "tasks": self.tasks,
             "native_size": text.native_size,
             "image_channels": text.components.autoencoder.config.out_channels,

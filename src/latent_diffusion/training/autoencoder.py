@@ -205,15 +205,10 @@ class AutoencoderTrainer:
         self.ctx.barrier()
 
     def _resume(self) -> None:
-        if self.checkpoints.latest() is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {str(self.run_dir / 'checkpoints')!r}; "
-                                    "start without --resume")
-        state = self.checkpoints.load("latest", modules={"autoencoder": self.model, "discriminator": self.loss})
-        training = state["training_state"]
-        self.optimizer.load_state_dict(training["optimizers"]["autoencoder"])
-        self.disc_optimizer.load_state_dict(training["optimizers"]["discriminator"])
-        self.scheduler.load_state_dict(training["schedulers"]["autoencoder"])
-        self.step = int(state["step"])
+        self.step = self.checkpoints.resume(
+            {"autoencoder": self.model, "discriminator": self.loss},
+            optimizers={"autoencoder": self.optimizer, "discriminator": self.disc_optimizer},
+            schedulers={"autoencoder": self.scheduler})
 
     def preview_images(self, count: int = 8) -> torch.Tensor:
         """Fixed images for reconstruction grids: validation images when there are any."""

@@ -178,6 +178,20 @@ class CheckpointManager:
         return {"path": folder, "step": trainer["step"], "trainer": trainer, "configs": configs,
                 "weights": weights, "training_state": state}
 
+    def resume(self, modules: Mapping[str, nn.Module], *, optimizers: Mapping[str, Any] | None = None,
+               schedulers: Mapping[str, Any] | None = None, ema: Mapping[str, Any] | None = None) -> int:
+        """``--resume``: load the latest checkpoint into ``modules`` (strictly) and the named
+        optimizers, schedulers and EMAs (the names :meth:`save` was given); returns its step.
+        No checkpoint at all is a FileNotFoundError that says to start without ``--resume``."""
+        if self.latest() is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {str(self.directory)!r}; start without --resume")
+        state = self.load("latest", modules=modules)
+        training = state["training_state"]
+        for kind, objects in (("optimizers", optimizers), ("schedulers", schedulers), ("ema", ema)):
+            for name, obj in (objects or {}).items():
+                obj.load_state_dict(training[kind][name])
+        return int(state["step"])
+
     def _write_pointer(self, name: str) -> None:
         atomic_write_text(self.directory / POINTER_FILE, name + "\n")
 

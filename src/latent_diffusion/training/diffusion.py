@@ -126,6 +126,41 @@ def caption_composer(dataset: torch.utils.data.Dataset, data: DataConfig) -> tor
     return dataset
 
 
+def shared_latents(ctx: DistributedContext, autoencoder: Autoencoder, dataset: torch.utils.data.Dataset,
+                   path: Path, *, device: torch.device, num_workers: int = 0, all_variants: bool = False,
+                   keep_images: bool = False) -> LatentSet:
+    """The dataset's latent cache at ``path``: rank 0 encodes (or reads) it, the others wait and read
+    the file, so one process does the encoding whatever the number of ranks."""
+    if ctx.is_main:
+        latents = encode_dataset(autoencoder, dataset, path, device=device, num_workers=num_workers,
+                                 all_variants=all_variants, keep_images=keep_images)
+    ctx.barrier()
+    if not ctx.is_main:
+        latents = encode_dataset(autoencoder, dataset, path, device=device, show_progress=False,
+                                 all_variants=all_variants, keep_images=keep_images)
+    return latents
+
+
+def epoch_batch(length: int, per_step: int, step: int, seed: int, knobs: str) -> torch.Tensor:
+    """Dataset indices of the global batch of optimizer step ``step``: epoch ``e`` visits the
+    permutation seeded by ``seed + e`` in slices of ``per_step`` (``knobs``: what to change when
+    the batch does not fit the dataset)."""
+    epoch, position = divmod(step, batches_per_epoch(length, per_step, knobs))
+    permutation = torch.randperm(length, generator=torch.Generator().manual_seed(seed + epoch))
+    return permutation[position * per_step:(position + 1) * per_step]
+
+
+def draw_captions(composer: torch.utils.data.Dataset | None, latents: LatentSet, index: torch.Tensor,
+                  choice: torch.Tensor) -> list[str]:
+    """One caption per item: composed afresh by ``composer`` (each item's own generator, seeded by
+    its draw ``choice`` of the step generator: the same captions on resume and with any number of
+    ranks), else variant ``choice`` of the cached captions."""
+    if composer is not None:
+        return [composer.compose_caption(i, torch.Generator().manual_seed(c))
+                for i, c in zip(index.tolist(), choice.tolist())]
+    return latents.pick_captions(index, choice)
+
+
 class DiffusionTrainer:
     """Builds the models, caches, optimizer and logger of a run; :meth:`train` runs it."""
 
@@ -185,16 +220,9 @@ class DiffusionTrainer:
         self.composer = caption_composer(dataset, config.data)
         main = self.ctx.is_main
         # caption_mode "random": keep every wording of each item and pick one per step.
-        variants = config.data.caption_mode == "random"
-        path = cache_dir / f"latents-{key}.safetensors"
-        if main:  # rank 0 encodes, the others wait and read the file
-            latents = encode_dataset(self.autoencoder, dataset, path, device=self.device,
-                                     num_workers=config.run.num_workers, all_variants=variants,
-                                     keep_images=keep_images)
-        self.ctx.barrier()
-        if not main:
-            latents = encode_dataset(self.autoencoder, dataset, path, device=self.device, show_progress=False,
-                                     all_variants=variants, keep_images=keep_images)
+        latents = shared_latents(self.ctx, self.autoencoder, dataset, cache_dir / f"latents-{key}.safetensors",
+                                 device=self.device, num_workers=config.run.num_workers,
+                                 all_variants=config.data.caption_mode == "random", keep_images=keep_images)
         text = None
         frozen_text = self.conditioner.kind in ("minilm", "clip")
         if frozen_text and config.cache_text and self.composer is None:
@@ -209,13 +237,7 @@ class DiffusionTrainer:
 
     def _conditions(self, index: torch.Tensor, choice: torch.Tensor, dropped: torch.Tensor) -> dict[str, torch.Tensor]:
         """UNet kwargs for dataset items ``index`` (caption variant ``choice``), ``dropped`` ones unconditional."""
-        if self.composer is not None:
-            # Each item's caption is drawn from its own generator, seeded by the item's draw of
-            # the step generator: the same captions on resume and with any number of ranks.
-            captions = [self.composer.compose_caption(i, torch.Generator().manual_seed(c))
-                        for i, c in zip(index.tolist(), choice.tolist())]
-        else:
-            captions = self.latents.pick_captions(index, choice)
+        captions = draw_captions(self.composer, self.latents, index, choice)
         kind = self.conditioner.kind
         if self.text is not None:
             cond = self.text.lookup(captions, dropped)
@@ -271,12 +293,7 @@ class DiffusionTrainer:
 
     def _global_order(self, step: int) -> torch.Tensor:
         """Dataset indices of the global batch(es) of optimizer step ``step`` (all micro-batches)."""
-        per_step = self.global_batch
-        per_epoch = batches_per_epoch(len(self.latents), per_step, BATCH_KNOBS)
-        epoch, position = divmod(step, per_epoch)
-        permutation = torch.randperm(len(self.latents), generator=torch.Generator().manual_seed(
-            self.config.run.seed + epoch))
-        return permutation[position * per_step:(position + 1) * per_step]
+        return epoch_batch(len(self.latents), self.global_batch, step, self.config.run.seed, BATCH_KNOBS)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns logged numbers."""
@@ -318,18 +335,11 @@ class DiffusionTrainer:
         self.ctx.barrier()
 
     def _resume(self) -> None:
-        if self.checkpoints.latest() is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {str(self.run_dir / 'checkpoints')!r}; "
-                                    "start without --resume")
         modules = {"unet": self.unet}
         if self.conditioner.trainable:
             modules["conditioner"] = self.conditioner
-        state = self.checkpoints.load("latest", modules=modules)
-        training = state["training_state"]
-        self.optimizer.load_state_dict(training["optimizers"]["optimizer"])
-        self.scheduler.load_state_dict(training["schedulers"]["scheduler"])
-        self.ema.load_state_dict(training["ema"]["unet"])
-        self.step = int(state["step"])
+        self.step = self.checkpoints.resume(modules, optimizers={"optimizer": self.optimizer},
+                                            schedulers={"scheduler": self.scheduler}, ema={"unet": self.ema})
 
     # ---- previews and export -------------------------------------------------------------------
     def components(self) -> DiffusionComponents:

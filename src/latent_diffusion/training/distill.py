@@ -43,9 +43,15 @@ from latent_diffusion.pipelines.generate import decode_images, sample_latents
 from latent_diffusion.sampling.discretization import lcm_timesteps
 from latent_diffusion.sampling.guidance import concat_conditions
 from latent_diffusion.training.checkpoint import CheckpointManager
-from latent_diffusion.training.diffusion import PreviewConfig, caption_composer
+from latent_diffusion.training.diffusion import (
+    PreviewConfig,
+    caption_composer,
+    draw_captions,
+    epoch_batch,
+    shared_latents,
+)
 from latent_diffusion.training.distributed import DistributedContext
-from latent_diffusion.training.latent_cache import LatentSet, cache_key, encode_dataset, file_digest
+from latent_diffusion.training.latent_cache import LatentSet, cache_key, file_digest
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
@@ -163,30 +169,13 @@ class DistillTrainer:
         batches_per_epoch(len(dataset), self.global_batch, "run.batch_size")  # before any cache is written
         self.composer = caption_composer(dataset, config.data)
         weights = Path(config.teacher) / "autoencoder.safetensors"
-        variants = config.data.caption_mode == "random"
         key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict())
-        path = self.run_dir / "cache" / f"latents-{key}.safetensors"
-        if self.ctx.is_main:  # rank 0 encodes, the others wait and read the file
-            latents = encode_dataset(self.teacher.autoencoder, dataset, path, device=self.device,
-                                     num_workers=config.run.num_workers, all_variants=variants)
-        self.ctx.barrier()
-        if not self.ctx.is_main:
-            latents = encode_dataset(self.teacher.autoencoder, dataset, path, device=self.device,
-                                     show_progress=False, all_variants=variants)
-        return latents
-
-    def _captions(self, index: torch.Tensor, choice: torch.Tensor) -> list[str]:
-        if self.composer is not None:  # as stage 2: one generator per item, seeded by the step's draw
-            return [self.composer.compose_caption(i, torch.Generator().manual_seed(c))
-                    for i, c in zip(index.tolist(), choice.tolist())]
-        return self.latents.pick_captions(index, choice)
+        return shared_latents(self.ctx, self.teacher.autoencoder, dataset,
+                              self.run_dir / "cache" / f"latents-{key}.safetensors", device=self.device,
+                              num_workers=config.run.num_workers, all_variants=config.data.caption_mode == "random")
 
     def _order(self, step: int) -> torch.Tensor:
-        per_step = self.global_batch
-        epoch, position = divmod(step, batches_per_epoch(len(self.latents), per_step, "run.batch_size"))
-        permutation = torch.randperm(len(self.latents), generator=torch.Generator().manual_seed(
-            self.config.run.seed + epoch))
-        return permutation[position * per_step:(position + 1) * per_step]
+        return epoch_batch(len(self.latents), self.global_batch, step, self.config.run.seed, "run.batch_size")
 
     # ---- one step --------------------------------------------------------------------------------
     def _x0(self, net_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -201,11 +190,10 @@ class DistillTrainer:
             output = net(x_t, t, **cond)
         return c_skip * x_t + c_out * self._x0(output, x_t, alpha_bar)
 
-    def _teacher_step(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, scale: torch.Tensor,
-                      cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One guided DDIM step of the teacher from ``t`` to ``s`` (no gradients)."""
-        alphas = self.schedule.alphas_cumprod.to(self.device, torch.float32)
-        a_t, a_s = (alphas[v].view(-1, 1, 1, 1) for v in (t, s))
+    def _teacher_step(self, x_t: torch.Tensor, t: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor,
+                      scale: torch.Tensor, cond: dict[str, torch.Tensor], uncond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One guided DDIM step of the teacher from ``t`` (``alpha_bar`` ``a_t``) to the level ``a_s``
+        (no gradients)."""
         with self._autocast():
             output = self.teacher.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), **concat_conditions(cond, uncond))
         x0_c, x0_u = self._x0(output, torch.cat([x_t, x_t]), torch.cat([a_t, a_t])).chunk(2)
@@ -235,11 +223,11 @@ class DistillTrainer:
         x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
         conditioner = self.teacher.conditioner
         with torch.no_grad():
-            cond = conditioner(prompts=self._captions(index, choice[mine]))
+            cond = conditioner(prompts=draw_captions(self.composer, self.latents, index, choice[mine]))
             cond = {k: v.to(self.device) for k, v in cond.items()}
             uncond = {k: v.to(self.device) for k, v in conditioner.unconditional(len(index)).items()}
             guided = {**cond, "timestep_cond": cfg.consistency.guidance_condition(scale, len(index)).to(self.device)}
-            x_s = self._teacher_step(x_t, t, s, scale, cond, uncond)
+            x_s = self._teacher_step(x_t, t, a_t, a_s, scale, cond, uncond)
             target = self._consistency(self.target, x_s, s, a_s, guided)
         prediction = self._consistency(self.model, x_t, t, a_t, guided)
         if cfg.loss == "huber":
@@ -274,14 +262,9 @@ class DistillTrainer:
         self.ctx.barrier()
 
     def _resume(self) -> None:
-        if self.checkpoints.latest() is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {str(self.run_dir / 'checkpoints')!r}; "
-                                    "start without --resume")
-        state = self.checkpoints.load("latest", modules={"unet": self.student, "target": self.target})
-        training = state["training_state"]
-        self.optimizer.load_state_dict(training["optimizers"]["optimizer"])
-        self.scheduler.load_state_dict(training["schedulers"]["scheduler"])
-        self.step = int(state["step"])
+        self.step = self.checkpoints.resume({"unet": self.student, "target": self.target},
+                                            optimizers={"optimizer": self.optimizer},
+                                            schedulers={"scheduler": self.scheduler})
 
     def components(self) -> DiffusionComponents:
         """The distilled model as it would be exported now (the target network)."""
