@@ -2,13 +2,20 @@
 
 Prints one table: seconds per call for each stage (median over ``--repeats`` calls after one
 warm-up), each stage's share, and the time per image and per denoising step (one step is one
-batched UNet call on 2 x images inputs when guidance != 1).
+batched UNet call on 2 x images inputs when guidance != 1). Sampler, steps and guidance default to
+the model's own (``Pipeline.sampling_defaults``: dpmpp_2m, 25, 5; a consistency model's folder
+names its own).
+
+``--student PATH`` adds a few-step model (``ldm train distill``'s output): it is measured at
+``--student-steps`` (1, 2, 4, 8) with its own sampler and guidance, in the same run, the calls of
+both models alternated repeat by repeat, and a second table gives each row's time per image as a
+ratio of the first model's at its settings (issue #17's bar: at most 1/8 at 4 steps).
 
 The model, in order of preference:
 
 1. ``--model PATH``, a model folder;
 2. ``--tiny``: a tiny random model (a smoke test of this script, not a measurement);
-3. the shipped default model (``models/emoji-32``);
+3. the shipped default model (``models/<DEFAULT_MODEL_NAME>``);
 4. a random model of the architecture in ``configs/emoji-diffusion.yaml`` (its ``unet``,
    ``conditioner``, ``diffusion``, ``data.resolution``; the autoencoder from its ``autoencoder``
    folder's config if present, else ``configs/emoji-autoencoder.yaml``'s ``model``);
@@ -19,6 +26,7 @@ The model, in order of preference:
 Random weights cost the same as trained ones, so 4 and 5 measure the real architecture.
 
     python benchmarks/generate_cost.py [--model PATH | --tiny] [--steps 25] [--num-images 1]
+    python benchmarks/generate_cost.py --model models/emoji-styles --student models/emoji-styles-lcm
 """
 
 from __future__ import annotations
@@ -96,20 +104,34 @@ def choose_model(args: argparse.Namespace) -> tuple[TextToImage, str]:
     return TextToImage(components), "random model of the fallback architecture (see module docstring)"
 
 
-def measure(pipe: TextToImage, args: argparse.Namespace) -> dict[str, float]:
-    """Median seconds per call of each stage (and the total) over ``args.repeats`` calls."""
-    call = dict(num_images=args.num_images, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                progress=False)
+def settings(pipe: TextToImage, args: argparse.Namespace, steps: int | None = None) -> dict:
+    """The call's arguments: those given, the model's defaults for the rest (checked by the pipeline)."""
+    steps, sampler, guidance = pipe.check_sampling(args.steps if steps is None else steps, args.sampler,
+                                                   args.guidance, 0, 0.0, args.num_images)
+    return dict(num_images=args.num_images, steps=steps, sampler=sampler, guidance=guidance, progress=False)
+
+
+def measure(cases: list[tuple[TextToImage, dict]], repeats: int) -> list[dict[str, float]]:
+    """Median seconds per call of each stage (and the total) for each ``(pipeline, call)`` case,
+    the cases run in turn ``repeats`` times so that a slow spell of the machine hits all of them."""
+    runs: list[list[dict[str, float]]] = [[] for _ in cases]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a truncated prompt is irrelevant to timing
-        pipe(PROMPT, **{**call, "steps": 1})  # warm-up: tokenizer load, allocator, first-call costs
-        runs = [pipe(PROMPT, **call).timings for _ in range(args.repeats)]
-    stages = {name: statistics.median(r[name] for r in runs) for name in ("encode", "denoise", "decode")}
-    stages["total"] = statistics.median(sum(r.values()) for r in runs)
-    return stages
+        for pipe, call in cases:  # warm-up: tokenizer load, allocator, first-call costs
+            pipe(PROMPT, **{**call, "steps": 1})
+        for _ in range(repeats):
+            for (pipe, call), case_runs in zip(cases, runs):
+                case_runs.append(pipe(PROMPT, **call).timings)
+    medians = []
+    for case_runs in runs:
+        stages = {name: statistics.median(r[name] for r in case_runs) for name in ("encode", "denoise", "decode")}
+        stages["total"] = statistics.median(sum(r.values()) for r in case_runs)
+        medians.append(stages)
+    return medians
 
 
-def print_table(pipe: TextToImage, description: str, args: argparse.Namespace, t: dict[str, float]) -> None:
+def print_table(pipe: TextToImage, description: str, call: dict, args: argparse.Namespace,
+                t: dict[str, float]) -> None:
     """The cost table, with the model and settings it was measured on."""
     c = pipe.components
     millions = sum(p.numel() for p in c.unet.parameters()) / 1e6
@@ -117,14 +139,28 @@ def print_table(pipe: TextToImage, description: str, args: argparse.Namespace, t
     print(f"model: {description}")
     print(f"  {pipe.native_size} px images, latents {c.autoencoder.latent_channels}x{latent}x{latent}, "
           f"UNet {millions:.1f}M parameters, conditioner {c.conditioner.kind!r}")
-    print(f"settings: {args.steps} steps of {args.sampler}, guidance {args.guidance}, {args.num_images} "
+    print(f"settings: {call['steps']} steps of {call['sampler']}, guidance {call['guidance']}, {args.num_images} "
           f"image(s) per call, {torch.get_num_threads()} torch thread(s), median of {args.repeats} call(s)")
     print(f"{'stage':<14}{'s / call':>12}{'share':>9}")
     for name, label in (("encode", "text encoding"), ("denoise", "denoising"), ("decode", "decoding")):
         print(f"{label:<14}{t[name]:>12.4f}{t[name] / t['total']:>9.1%}")
     print(f"{'total':<14}{t['total']:>12.4f}{1:>9.0%}")
     print(f"{'per image':<14}{t['total'] / args.num_images:>12.4f}")
-    print(f"{'per step':<14}{t['denoise'] / args.steps:>12.4f}   (denoising only, whole batch)")
+    print(f"{'per step':<14}{t['denoise'] / call['steps']:>12.4f}   (denoising only, whole batch)")
+
+
+def print_comparison(base: dict, base_t: dict[str, float], student: str, calls: list[dict],
+                     times: list[dict[str, float]], num_images: int) -> None:
+    """Each student row's time per image and its ratio to the first model's."""
+    base_image = base_t["total"] / num_images
+    print(f"\nfew-step model: {student} (same run, calls alternated)")
+    print(f"{'model':<10}{'sampler':<10}{'steps':>6}{'guidance':>10}{'s / image':>11}{'denoise':>9}{'ratio':>8}")
+    print(f"{'teacher':<10}{base['sampler']:<10}{base['steps']:>6}{base['guidance']:>10g}{base_image:>11.4f}"
+          f"{base_t['denoise'] / base_t['total']:>9.0%}{1:>8.3f}")
+    for call, t in zip(calls, times):
+        image = t["total"] / num_images
+        print(f"{'student':<10}{call['sampler']:<10}{call['steps']:>6}{call['guidance']:>10g}{image:>11.4f}"
+              f"{t['denoise'] / t['total']:>9.0%}{image / base_image:>8.3f}")
 
 
 def main() -> None:
@@ -132,16 +168,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="a model folder to measure")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model, to check this script")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--sampler", default="dpmpp_2m")
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's own (25)")
+    parser.add_argument("--sampler", default=None, help="default: the model's own (dpmpp_2m)")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's own (5)")
     parser.add_argument("--num-images", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--student", type=Path, default=None,
+                        help="a few-step (consistency-distilled) model folder to compare, at its own sampler")
+    parser.add_argument("--student-steps", default="1,2,4,8", help="comma-separated step counts of --student")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be >= 1")
+    try:
+        student_steps = [int(n) for n in args.student_steps.split(",")]
+    except ValueError:
+        parser.error(f"--student-steps={args.student_steps!r} must be comma-separated integers, e.g. 1,2,4,8")
     pipe, description = choose_model(args)
-    print_table(pipe, description, args, measure(pipe, args))
+    call = settings(pipe, args)
+    cases = [(pipe, call)]
+    if args.student is not None:
+        student = TextToImage.from_pretrained(args.student)
+        # The student samples with its own sampler and guidance; --sampler/--guidance are the first model's.
+        student_args = argparse.Namespace(**{**vars(args), "sampler": None, "guidance": None})
+        cases += [(student, settings(student, student_args, steps)) for steps in student_steps]
+    times = measure(cases, args.repeats)
+    print_table(pipe, description, call, args, times[0])
+    if args.student is not None:
+        print_comparison(call, times[0], str(args.student), [c for _, c in cases[1:]], times[1:], args.num_images)
 
 
 if __name__ == "__main__":

@@ -30,14 +30,14 @@ import torch.nn.functional as F
 
 from latent_diffusion.conditioning.image import back_project, degrade, random_holes
 from latent_diffusion.data import DataConfig, dataset_from_config
-from latent_diffusion.evaluation.fid import fid_from_features
+from latent_diffusion.evaluation.fid import fid_exact
 from latent_diffusion.evaluation.inception import InceptionFeatures
 from latent_diffusion.evaluation.reconstruction import default_perceptual, psnr, ssim
+from latent_diffusion.model.components import decode_images, encode_images
 from latent_diffusion.pipelines import ImageToImage, Inpaint, Upscale, default_model_folder
 from latent_diffusion.pipelines.base import DEFAULT_UPSCALER_NAME
-from latent_diffusion.pipelines.generate import decode_images, encode_images, images_to_pil
 from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
-from latent_diffusion.training.grid import to_uint8
+from latent_diffusion.pixels import images_to_pil, to_uint8
 
 MASK_SEED = 1234
 TASKS = ("inpaint", "img2img", "sr")
@@ -93,7 +93,7 @@ def inpaint_rows(originals: torch.Tensor, names: list[str], models: dict[str, In
             seconds += took
         out = to_tensor(filled)
         rows.append((f"inpaint: {label}", seconds / len(out), float(perceptual(out, originals).mean()),
-                     hole_psnr(out, originals, holes), fid_from_features(inception(out), real)))
+                     hole_psnr(out, originals, holes), fid_exact(inception(out), real)))
     return rows
 
 

@@ -11,7 +11,7 @@ one pass (the batch doubles, the count does not), as in the DPM-Solver and EDM p
 measured with a forward hook on the UNet, not assumed: DDIM, Euler and DPM-Solver++(2M) use one
 per step; Heun two per step except the last step into sigma = 0 (an Euler step), so
 ``steps = (NFE + 1) // 2`` gives ``2 * steps - 1`` evaluations (5 -> 5, 10 -> 9, 20 -> 19, ...).
-Each sampler uses its default spacing (``pipelines.generate.DEFAULT_SPACING``) unless
+Each sampler uses its default spacing (``model.reverse_process.DEFAULT_SPACING``) unless
 ``--spacing`` sets one for all. DDIM with eta = 0 *is* Euler's method in these coordinates
 (``sampling.samplers``), so with a shared spacing (trailing, the default of both) their rows are
 identical: a built-in consistency check, not a bug.

@@ -27,8 +27,8 @@ import torch
 
 from latent_diffusion.autoencoder import Autoencoder, load_autoencoder
 from latent_diffusion.io import atomic_directory, save_module
+from latent_diffusion.model.folder import read_index
 from latent_diffusion.pipelines import DiffusionComponents, load_components, save_components
-from latent_diffusion.pipelines.components import read_index
 from latent_diffusion.training.autoencoder import ENCODER_SIDE
 
 # model_index.json fields save_components writes itself.

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from latent_diffusion.conditioning.image import degrade
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.pipelines import Upscale
-from latent_diffusion.pipelines.generate import images_to_pil
+from latent_diffusion.pixels import images_to_pil
 
 COLUMNS = ("input", "bicubic", "model, raw", "model (default)", "original")
 HEADER = 18

@@ -296,6 +296,29 @@ def test_cached_encoding_gives_the_same_kwargs(transformer):
     torch.testing.assert_close(cached["context"], direct["context"])
 
 
+def test_pair_is_the_conditional_and_unconditional_input_of_each_kind(transformer):
+    """``pair`` is what guidance samples with: the prompt's input and the empty prompt's (or the
+    negatives'), class names and the null class, nothing for an unconditional model; an image
+    condition goes to both halves; no gradients are kept."""
+    cond, uncond = transformer.pair(["a cat", "a dog"])
+    torch.testing.assert_close(cond["context"], transformer(["a cat", "a dog"])["context"])
+    torch.testing.assert_close(uncond["context"], transformer.unconditional(2)["context"])
+    assert not cond["context"].requires_grad
+    _, negative = transformer.pair(["a cat"], ["blurry"])
+    torch.testing.assert_close(negative["context"], transformer(["blurry"])["context"])
+    concat = torch.ones(2, 3, 4, 4)
+    cond, uncond = transformer.pair(["a cat", "a dog"], concat=concat)
+    assert cond["concat"] is concat and uncond["concat"] is concat
+    labels = class_conditioner()
+    cond, uncond = labels.pair(["dog", "cat"])
+    torch.testing.assert_close(cond["context"], labels(labels=[1, 0])["context"])
+    torch.testing.assert_close(uncond["context"], labels.unconditional(2)["context"])
+    none = build_conditioner(ConditionerConfig(kind="none"))
+    assert none.pair(None) == ({}, {}) and none.pair(["", ""]) == ({}, {})
+    with pytest.raises(ValueError, match="unconditional.*empty prompt"):
+        none.pair(["a cat"])
+
+
 def test_unconditional_kind_none():
     conditioner = build_conditioner(ConditionerConfig(kind="none"))
     assert conditioner(batch_size=3) == {} and conditioner.unconditional(3) == {}

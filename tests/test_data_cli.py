@@ -13,16 +13,12 @@ import latent_diffusion.cli as cli
 from latent_diffusion.data import cache, fashion_mnist, mnist
 from latent_diffusion.data.common import stable_fraction
 
-MODULE = "latent_diffusion.data.cli"
-
 
 @pytest.fixture(autouse=True)
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv(cache.ENV_VAR, str(root))
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-dir")
-    if MODULE not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, MODULE])
     return root
 
 

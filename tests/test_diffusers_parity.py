@@ -22,8 +22,8 @@ from latent_diffusion.convert.clip_keys import clip_to_hf_state, clip_to_transfo
 from latent_diffusion.convert.schedulers import diffusers_initial_scale, matching_scheduler, round_unet_timesteps
 from latent_diffusion.convert.unet_keys import unet_config_to_diffusers, unet_to_diffusers
 from latent_diffusion.convert.vae_keys import vae_config_to_diffusers, vae_to_diffusers
+from latent_diffusion.model.reverse_process import DEFAULT_SPACING
 from latent_diffusion.pipelines import TextToImage
-from latent_diffusion.pipelines.generate import DEFAULT_SPACING
 
 PROMPTS = ["a red lighthouse at dusk, oil painting", ""]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")

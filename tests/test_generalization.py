@@ -225,7 +225,7 @@ def test_real_tiny_model_end_to_end_and_deterministic(corpus, tmp_path, monkeypa
             "--diversity-seeds", "2", "--num-samples", "8", "--batch-size", "8", "--cache-dir", str(tmp_path / "f")]
     outputs = []
     for name in ("a.json", "b.json"):
-        assert ldm(args + ["-o", str(tmp_path / name)], monkeypatch) == 0
+        assert ldm(args + ["-o", str(tmp_path / name)]) == 0
         outputs.append(json.loads((tmp_path / name).read_text()))
     m = outputs[0]["metrics"]
     assert set(m) == {"generation", "adherence", "composition", "memorization", "diversity"}  # the default

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_text_to_image import tiny_components
 
 from latent_diffusion import cli
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
+from latent_diffusion.model.components import decode_images, encode_images
 from latent_diffusion.pipelines import ImageToImage, Inpaint, read_generation_metadata, save_components
-from latent_diffusion.pipelines.generate import decode_images, encode_images, images_to_pil
 from latent_diffusion.pipelines.images import image_to_tensor
+from latent_diffusion.pixels import images_to_pil
 from latent_diffusion.sampling import (
     SAMPLERS,
     MaskedDenoiser,
@@ -24,7 +26,6 @@ from latent_diffusion.sampling import (
     sigmas_for_strength,
 )
 from latent_diffusion.unet import UNet
-from test_text_to_image import tiny_components
 
 FAST = dict(steps=4, progress=False)
 
@@ -104,6 +105,7 @@ def test_deterministic_samplers_keep_the_known_region_on_the_forward_process() -
     seen = []
     denoiser = MaskedDenoiser(gaussian_denoiser(torch.zeros(1)), x0, keep, noise)
     get_sampler("euler")(denoiser, x0 + sigmas[0] * noise, sigmas, callback=seen.append)
+    assert len(seen) == len(sigmas) - 1  # one callback per step, or the loop below checks nothing
     for info in seen:
         torch.testing.assert_close(info["x"] * keep, (x0 + info["sigma"].float() * noise) * keep, atol=1e-5, rtol=0)
 
@@ -146,7 +148,7 @@ def test_strength_zero_returns_the_reconstruction(components) -> None:
 
 def test_img2img_is_the_sampler_run_from_the_noised_image(components) -> None:
     """The pipeline equals its recipe written out: encode, noise to sigmas[0] of the tail, sample."""
-    from latent_diffusion.pipelines.generate import sampling_sigmas, text_conditions
+    from latent_diffusion.model.reverse_process import sampling_sigmas
     from latent_diffusion.sampling import CFGDenoiser, DiscreteDenoiser
 
     pipe = ImageToImage.from_pretrained(components)
@@ -156,7 +158,8 @@ def test_img2img_is_the_sampler_run_from_the_noised_image(components) -> None:
     sigmas = sampling_sigmas(components, 6, "euler", strength=0.5)
     assert len(sigmas) == 4  # int(6 * 0.5) = 3 steps
     noise = torch.randn(init.shape, generator=torch.Generator().manual_seed(4))
-    cond, uncond = text_conditions(components, ["a dog"])
+    with torch.no_grad():
+        cond, uncond = components.conditioner(prompts=["a dog"]), components.conditioner.unconditional(1)
     denoiser = CFGDenoiser(DiscreteDenoiser(components.unet, components.schedule, "eps"), scale=3.0)
     latents = get_sampler("euler")(denoiser, init + sigmas[0] * noise, sigmas,
                                    extra_args={"cond": cond, "uncond": uncond})

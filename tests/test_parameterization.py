@@ -46,10 +46,14 @@ def test_v_definition_and_scalar_alpha_bar():
     assert to_x0(target("v", x0, noise, a), xt, a, "v").item() == pytest.approx(2.0)
 
 
-def test_float32_inputs_stay_float32():
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_inputs_stay_float32_and_match_float64(kind):
+    """A float64 alpha-bar table must neither promote a float32 batch nor cost it accuracy."""
     x0, noise, xt, a = noisy_batch()
-    out = to_x0(noise.float(), xt.float(), a, "eps")
+    goal = target(kind, x0, noise, a)
+    out = to_x0(goal.float(), xt.float(), a, kind)
     assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), x0, rtol=0, atol=1e-3)
 
 
 def test_bad_kind_and_shapes():

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from test_text_to_image import tiny_model_folder
 
 from latent_diffusion.io import save_module
+from latent_diffusion.model.folder import read_index
 from latent_diffusion.pipelines import load_components
-from latent_diffusion.pipelines.components import read_index
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"
 

@@ -13,6 +13,8 @@ import latent_diffusion
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.conditioning import ConditionerConfig, build_conditioner
 from latent_diffusion.diffusion.schedule import DiffusionConfig
+from latent_diffusion.model.components import decode_images
+from latent_diffusion.model.reverse_process import sample_latents
 from latent_diffusion.pipelines import (
     DiffusionComponents,
     GenerationMetadata,
@@ -23,7 +25,7 @@ from latent_diffusion.pipelines import (
     write_png,
 )
 from latent_diffusion.pipelines import base as pipeline_base
-from latent_diffusion.pipelines.generate import decode_images, images_to_pil, sample_latents, text_conditions
+from latent_diffusion.pixels import images_to_pil
 from latent_diffusion.unet import UNet, UNetConfig
 
 FAST = dict(steps=3, progress=False)
@@ -92,7 +94,8 @@ def test_pipeline_is_the_documented_wiring(pipe: TextToImage) -> None:
     result = pipe(["cat", "dog"], num_images=2, seed=3, guidance=3.0, negative_prompt="blurry",
                   sampler="euler_ancestral", rescale=0.5, **FAST)
     prompts = ["cat", "cat", "dog", "dog"]
-    cond, uncond = text_conditions(pipe.components, prompts, ["blurry"] * 4)
+    with torch.no_grad():
+        cond, uncond = pipe.components.conditioner(prompts=prompts), pipe.components.conditioner(prompts=["blurry"] * 4)
     latents = sample_latents(pipe.components, cond, uncond, batch_size=4, seed=3, steps=3,
                              sampler="euler_ancestral", guidance=3.0, rescale=0.5)
     torch.testing.assert_close(result.latents, latents, rtol=0, atol=0)
@@ -115,8 +118,13 @@ def test_guidance_and_negative_prompt_change_the_output(pipe: TextToImage) -> No
 
 
 def test_empty_prompt_is_unconditional(pipe: TextToImage) -> None:
-    result = pipe("", **FAST)
-    assert len(result) == 1 and result[0].size == (16, 16)
+    """The empty prompt is the unconditional input, so guidance has nothing to push along: any
+    scale gives the unguided picture; a real prompt moves with the scale."""
+    empty = pipe("", guidance=5.0, **FAST)
+    assert len(empty) == 1 and empty[0].size == (16, 16)
+    torch.testing.assert_close(empty.latents, pipe("", guidance=1.0, **FAST).latents, atol=1e-4, rtol=0)
+    worded = pipe("a red heart", guidance=5.0, **FAST).latents
+    assert (worded - pipe("a red heart", guidance=1.0, **FAST).latents).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("size", [8, 24])

@@ -9,19 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ddp_worker import free_port, loopback_env
 from PIL import Image
 
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.conditioning import ConditionerConfig
 from latent_diffusion.data import DataConfig
 from latent_diffusion.io import load_tensors, save_module
-from latent_diffusion.pipelines.components import load_components
+from latent_diffusion.model.folder import load_components
 from latent_diffusion.training.diffusion import DiffusionTrainer, DiffusionTrainingConfig, PreviewConfig
 from latent_diffusion.training.logging import read_metrics
 from latent_diffusion.training.settings import OptimConfig, RunConfig
 from latent_diffusion.unet import UNetConfig
-
-from ddp_worker import free_port, loopback_env
 
 COLORS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220), "yellow": (240, 220, 10)}
 
@@ -72,19 +71,14 @@ def test_trains_exports_and_loss_falls_on_one_batch(workspace: Path) -> None:
     config = make_config(workspace, "overfit", kind="minilm", steps=30, batch=4, lr=3e-3)
     config = config.replace(conditioner=config.conditioner.replace(dropout_prob=0.0),
                             run=config.run.replace(image_every=30, checkpoint_every=30))
-    trainer = DiffusionTrainer(config)
-    # Overfit a single fixed batch: the same items, timesteps and noise every step.
-    fixed = trainer._global_order(0)
-    trainer._global_order = lambda step: fixed  # type: ignore[method-assign]
-    generator_step = trainer.step
-    import latent_diffusion.training.diffusion as stage2
 
-    original = stage2.step_generator
-    stage2.step_generator = lambda seed, step, micro: original(seed, generator_step, micro)
-    try:
-        final = trainer.train()
-    finally:
-        stage2.step_generator = original
+    class OneBatch(DiffusionTrainer):
+        """Overfit a single fixed batch: the same items, timesteps and noise every step."""
+
+        def draw_step(self) -> int:
+            return 0
+
+    final = OneBatch(config).train()
     losses = [m["loss"] for m in read_metrics(workspace / "overfit") if "loss" in m]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train_diffusion import make_config, unet_weights, workspace  # noqa: F401  (fixture)
 
 from latent_diffusion.conditioning.image import back_project, degrade, low_res_condition, random_holes
+from latent_diffusion.model.folder import load_components
 from latent_diffusion.pipelines import Inpaint, TextToImage, Upscale
-from latent_diffusion.pipelines.components import load_components
 from latent_diffusion.training.diffusion import DiffusionTrainer
 from latent_diffusion.training.init_weights import init_unet_from
 from latent_diffusion.unet import UNet
-from test_train_diffusion import make_config, unet_weights, workspace  # noqa: F401  (fixture)
 
 
 def test_random_holes_are_seeded_non_empty_and_mixed() -> None:

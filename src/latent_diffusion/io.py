@@ -7,6 +7,7 @@ atomic on POSIX). Weights are only ever read with safetensors, never unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -185,3 +186,12 @@ def _config_json(config: Config) -> str:
     import json
 
     return json.dumps(config.to_dict(), indent=2) + "\n"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

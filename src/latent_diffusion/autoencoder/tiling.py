@@ -86,13 +86,4 @@ def decode_latents_tiled(autoencoder: torch.nn.Module, z: torch.Tensor, tile: in
     return tiled_apply(autoencoder.decode_latents, z, tile, overlap, float(f), interrupt)
 
 
-def encode_latents_tiled(autoencoder: torch.nn.Module, x: torch.Tensor, tile: int = 512,
-                         overlap: int = 128) -> torch.Tensor:
-    """``autoencoder.encode_latents(x)`` (posterior mode) in overlapping image tiles of ``tile`` pixels."""
-    f = autoencoder.downsampling_factor
-    if tile % f or overlap % f:
-        raise ValueError(f"tile={tile} and overlap={overlap} must be multiples of the autoencoder factor {f}")
-    return tiled_apply(autoencoder.encode_latents, x, tile, overlap, 1.0 / f)
-
-
-__all__ = ["decode_latents_tiled", "encode_latents_tiled", "tile_starts", "tiled_apply"]
+__all__ = ["decode_latents_tiled", "tile_starts", "tiled_apply"]

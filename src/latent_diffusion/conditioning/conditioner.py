@@ -188,6 +188,35 @@ class Conditioner(nn.Module):
             mask = torch.ones_like(mask)  # SD cross-attends to every CLIP position
         return {"context": encoding.states, "context_mask": mask}
 
+    def pair(
+        self,
+        inputs: list[str] | Labels | None = None,
+        negatives: list[str] | Labels | None = None,
+        *,
+        batch_size: int | None = None,
+        concat: torch.Tensor | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The conditional and unconditional UNet kwargs of a batch, what classifier-free guidance
+        samples with (no gradients).
+
+        ``inputs``: prompts (text kinds), labels or class names (``"class"``; ``""`` is the null
+        class), or None / empty prompts for an unconditional model (``"none"``, which refuses
+        anything else). ``negatives`` (one per item) replace the unconditional input. ``concat``,
+        an image condition (masked image, low-resolution latents), goes to both.
+        """
+        with torch.no_grad():
+            if self.kind == "none":
+                if any(inputs or ()) or any(negatives or ()):
+                    raise ValueError('this model is unconditional (conditioner kind \'none\'); use the empty prompt ""')
+                cond, uncond = {}, {}
+            else:
+                key = "labels" if self.kind == "class" else "prompts"
+                cond = self(**{key: inputs}, batch_size=batch_size)
+                uncond = self.unconditional(len(inputs)) if negatives is None else self(**{key: negatives})
+        if concat is not None:
+            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
+        return cond, uncond
+
     def unconditional(self, batch_size: int) -> dict[str, torch.Tensor]:
         """UNet kwargs of the unconditional input: the empty prompt or the null class."""
         check_positive("batch_size", batch_size)

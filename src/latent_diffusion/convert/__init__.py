@@ -20,7 +20,8 @@ from latent_diffusion.convert.diffusers_folder import components_from_diffusers,
 from latent_diffusion.convert.errors import ConversionError
 from latent_diffusion.convert.schedulers import matching_scheduler
 from latent_diffusion.convert.single_file import components_from_single_file, read_checkpoint
-from latent_diffusion.pipelines.components import DiffusionComponents, load_components, save_components
+from latent_diffusion.model.components import DiffusionComponents
+from latent_diffusion.model.folder import load_components, save_components
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

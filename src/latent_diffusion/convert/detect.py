@@ -25,7 +25,7 @@ def detect_format(path: str | Path) -> Format:
     if is_diffusers_folder(path):
         return "diffusers"
     if (path / INDEX_FILE).is_file():
-        from latent_diffusion.pipelines.components import read_index
+        from latent_diffusion.model.folder import read_index
 
         read_index(path)  # raises with a clear message unless it is one of ours
         return "ours"

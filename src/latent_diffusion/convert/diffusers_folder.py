@@ -57,7 +57,7 @@ from latent_diffusion.convert.vae_keys import (
     vae_to_diffusers,
 )
 from latent_diffusion.io import atomic_directory, atomic_write_text, save_tensors
-from latent_diffusion.pipelines.components import DiffusionComponents
+from latent_diffusion.model.components import DiffusionComponents
 from latent_diffusion.unet import UNet
 
 INDEX_FILE = "model_index.json"

@@ -35,7 +35,7 @@ from latent_diffusion.convert.errors import ConversionError, check_state, first,
 from latent_diffusion.convert.unet_keys import unet_config_from_ldm, unet_shapes
 from latent_diffusion.convert.vae_keys import vae_config_from_ldm, vae_shapes
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
-from latent_diffusion.pipelines.components import DiffusionComponents
+from latent_diffusion.model.components import DiffusionComponents
 from latent_diffusion.unet import UNet
 
 UNET_PREFIX = "model.diffusion_model."

@@ -22,7 +22,7 @@ from latent_diffusion.evaluation.features_cache import (
     cached_features,
     extract_features,
 )
-from latent_diffusion.evaluation.fid import feature_statistics, fid_from_features, frechet_distance, kid
+from latent_diffusion.evaluation.fid import feature_statistics, fid_exact, frechet_distance, kid
 from latent_diffusion.evaluation.inception import InceptionFeatures, tf_bilinear_resize
 from latent_diffusion.evaluation.reconstruction import ReconstructionMetrics, evaluate_autoencoder, psnr, ssim
 
@@ -38,7 +38,7 @@ __all__ = [
     "evaluate_autoencoder",
     "extract_features",
     "feature_statistics",
-    "fid_from_features",
+    "fid_exact",
     "frechet_distance",
     "kid",
     "prompt_adherence",

@@ -17,6 +17,7 @@ from latent_diffusion.data import build_dataset, data_root
 from latent_diffusion.data.common import ImageCaptionDataset
 from latent_diffusion.evaluation.settings import STYLED_DATA, EvalSettings
 
+
 def build_eval_dataset(settings: EvalSettings, channels: int, split: str | None = None,
                        **options: Any) -> ImageCaptionDataset:
     """The dataset split the settings name, at the model's resolution and channel count."""

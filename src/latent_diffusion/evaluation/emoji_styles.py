@@ -62,16 +62,27 @@ from latent_diffusion.data.emoji_styles.captions import caption_variants, style_
 from latent_diffusion.data.emoji_styles.dataset import EmojiStylesDataset
 from latent_diffusion.data.emoji_styles.styles import STYLES
 from latent_diffusion.evaluation.adherence import EfficientNetLiteEmbedder, embed
-from latent_diffusion.evaluation.generalization import (COPY_RATIO, Distance, LinearProbe, copy_share,
-                                                        mean_pairwise_distance, neighbour_ratios, pixel_distance)
-from latent_diffusion.evaluation.prompts import (PROMPT_SET_SEED, build_prompt_sets, gallery_embeddings,
-                                                 score_prompt_sets)
 from latent_diffusion.evaluation.data import build_eval_dataset, cache_name
+from latent_diffusion.evaluation.generalization import (
+    COPY_RATIO,
+    Distance,
+    LinearProbe,
+    copy_share,
+    mean_pairwise_distance,
+    neighbour_ratios,
+    pixel_distance,
+)
 from latent_diffusion.evaluation.generation import Conditions, generate_images
+from latent_diffusion.evaluation.prompts import (
+    PROMPT_SET_SEED,
+    build_prompt_sets,
+    gallery_embeddings,
+    score_prompt_sets,
+)
 from latent_diffusion.evaluation.settings import EvalSettings
 
 if TYPE_CHECKING:
-    from latent_diffusion.pipelines.components import DiffusionComponents
+    from latent_diffusion.model.components import DiffusionComponents
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]
 GROUPS = ("adherence", "composition", "memorization", "diversity")

@@ -99,13 +99,6 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
-def fid_from_features(features1: ArrayLike, features2: ArrayLike) -> float:
-    """FID between two feature sets ``[N1, D]`` and ``[N2, D]``."""
-    mu1, sigma1 = feature_statistics(features1)
-    mu2, sigma2 = feature_statistics(features2)
-    return frechet_distance(mu1, sigma1, mu2, sigma2)
-
-
 def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> np.ndarray:
     """``(gamma * x @ y.T + coef0) ** degree``: the kernel matrix ``[len(x), len(y)]``."""
     return (gamma * (x @ y.T) + coef0) ** degree

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
+from latent_diffusion.conditioning.conditioner import TEXT_KINDS
 from latent_diffusion.data.common import ImageCaptionDataset
 from latent_diffusion.evaluation.data import progress_bar
 from latent_diffusion.evaluation.features_cache import extract_features
-from latent_diffusion.evaluation.settings import TEXT_KINDS, Extractor
-from latent_diffusion.pipelines.components import DiffusionComponents
-from latent_diffusion.pipelines.generate import decode_images, sample_latents, text_conditions
+from latent_diffusion.evaluation.settings import Extractor
+from latent_diffusion.model.components import DiffusionComponents, decode_images
+from latent_diffusion.model.reverse_process import sample_latents
 from latent_diffusion.validation import check_positive
+
 
 @dataclass
 class Conditions:
@@ -25,15 +27,12 @@ class Conditions:
     labels: list[int] | None = None
 
     def batch(self, components: DiffusionComponents, start: int, stop: int) -> tuple[dict, dict | None]:
-        """UNet kwargs (cond, uncond) of items ``start:stop``."""
-        conditioner = components.conditioner
-        if self.prompts is not None:
-            return text_conditions(components, self.prompts[start:stop])
-        if self.labels is not None:
-            with torch.no_grad():
-                labels = self.labels[start:stop]
-                return conditioner(labels=labels), conditioner.unconditional(len(labels))
-        return {}, None
+        """UNet kwargs (cond, uncond) of items ``start:stop`` (no unconditional input, so no
+        guidance, for an unconditional model)."""
+        inputs = self.prompts if self.prompts is not None else self.labels
+        if inputs is None:
+            return {}, None
+        return components.conditioner.pair(inputs[start:stop])
 
 
 def split_conditions(components: DiffusionComponents, dataset: ImageCaptionDataset,

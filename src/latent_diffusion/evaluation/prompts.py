@@ -54,13 +54,13 @@ import torch
 
 from latent_diffusion.data.emoji import EmojiDataset, emoji_caption_variants
 from latent_diffusion.evaluation.adherence import EfficientNetLiteEmbedder, embed, retrieval_ranks
-from latent_diffusion.evaluation.features_cache import cached_dataset_features, extract_features
 from latent_diffusion.evaluation.data import build_eval_dataset, cache_name, image_batches, progress_bar
+from latent_diffusion.evaluation.features_cache import cached_dataset_features, extract_features
 from latent_diffusion.evaluation.generation import Conditions, generate_images
 from latent_diffusion.evaluation.settings import EvalSettings
 
 if TYPE_CHECKING:
-    from latent_diffusion.pipelines.components import DiffusionComponents
+    from latent_diffusion.model.components import DiffusionComponents
 
 # The drawn emoji are the same for every evaluation (the sampling seed only changes the noise), so
 # adherence scores of different models and seeds are measured on the same prompts.

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from latent_diffusion.evaluation.features_cache import images_from_batch
-from latent_diffusion.evaluation.fid import fid_from_features
+from latent_diffusion.evaluation.fid import fid_exact
 
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5): skimage's truncate=3.5 -> an 11-tap window
@@ -281,7 +281,7 @@ def _finish(totals: _Totals, has_perceptual: bool, has_fid: bool, codebook_size:
         if n < 2:
             notes.append("rFID skipped: it needs at least 2 images")
         else:
-            metrics.rfid = fid_from_features(torch.cat(totals.real).numpy(), torch.cat(totals.fake).numpy())
+            metrics.rfid = fid_exact(torch.cat(totals.real), torch.cat(totals.fake))
     if totals.codes is not None:
         usage, metrics.codebook_perplexity = codebook_statistics(totals.codes)
         if codebook_size is None:

@@ -1,7 +1,7 @@
 """The evaluation behind ``ldm eval``, as plain functions: load a model folder, score it, write JSON.
 
 A *model folder* is either a full latent diffusion model (``model_index.json``, see
-:mod:`latent_diffusion.pipelines.components`) or an autoencoder alone (``autoencoder.json`` +
+:mod:`latent_diffusion.model.folder`) or an autoencoder alone (``autoencoder.json`` +
 ``autoencoder.safetensors``, what ``ldm train autoencoder`` exports as ``runs/<name>/final``).
 
 Metric groups (``EvalSettings.metrics``; empty = the default of the model kind):
@@ -40,10 +40,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 import latent_diffusion
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.conditioning.conditioner import TEXT_KINDS
 from latent_diffusion.data.common import ImageCaptionDataset
 from latent_diffusion.evaluation.data import (  # noqa: F401  (part of this module's API)
     build_eval_dataset,
@@ -78,14 +78,17 @@ from latent_diffusion.evaluation.settings import (  # noqa: F401
     RESULT_FORMAT,
     STYLED_DATA,
     STYLES_GROUPS,
-    TEXT_KINDS,
     EvalSettings,
     Extractor,
 )
 from latent_diffusion.hardware import resolve_device
 from latent_diffusion.io import atomic_write_text, load_module
-from latent_diffusion.pipelines.components import INDEX_FILE, DiffusionComponents, load_components, model_hash
-from latent_diffusion.pipelines.generate import DEFAULT_SPACING, check_consistency_call  # noqa: F401
+from latent_diffusion.model.components import DiffusionComponents
+from latent_diffusion.model.folder import INDEX_FILE, load_components, model_hash
+from latent_diffusion.model.reverse_process import (  # noqa: F401
+    DEFAULT_SPACING,
+    check_consistency_call,
+)
 
 
 @dataclass
@@ -203,41 +206,14 @@ def reference_features(dataset: ImageCaptionDataset, extractor: Extractor, setti
 # ------------------------------------------------------------------------------------ reconstruction
 
 
-class FeatureTap(nn.Module):
-    """Wraps an autoencoder for :func:`evaluate_autoencoder` and records extractor features of every
-    input and (clamped) reconstruction, so rFID can use :func:`fid_exact` instead of scipy's sqrtm."""
-
-    def __init__(self, autoencoder: nn.Module, extractor: Extractor) -> None:
-        super().__init__()
-        self.autoencoder = autoencoder
-        self.extractor = extractor
-        self.real: list[torch.Tensor] = []
-        self.fake: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor, sample_posterior: bool = False) -> tuple[torch.Tensor, Any]:
-        """``autoencoder(x)``, recording features of ``x`` and of the reconstruction."""
-        recon, posterior = self.autoencoder(x, sample_posterior=sample_posterior)
-        with torch.no_grad():
-            self.real.append(self.extractor(x).detach().double().cpu())
-            self.fake.append(self.extractor(recon.float().clamp(-1, 1)).detach().double().cpu())
-        return recon, posterior
-
-
 def reconstruction_metrics(autoencoder: Autoencoder, dataset: ImageCaptionDataset, indices: Sequence[int],
                            extractor: Extractor | None, *, batch_size: int, perceptual: bool | Callable = True,
                            progress: bool = False) -> dict[str, Any]:
     """PSNR, SSIM, perceptual distance, rFID and codebook use over ``dataset[indices]`` (posterior mode)."""
-    tap = FeatureTap(autoencoder, extractor) if extractor is not None else autoencoder
     with progress_bar(len(indices), "reconstruct", progress) as bar:
-        result = evaluate_autoencoder(tap, image_batches(dataset, indices, batch_size, bar),
-                                      sample_posterior=False, perceptual=perceptual, fid_extractor=False)
-    metrics = asdict(result)
-    if isinstance(tap, FeatureTap):
-        if result.num_images >= 2:
-            metrics["rfid"] = fid_exact(torch.cat(tap.real), torch.cat(tap.fake))
-        else:
-            metrics["notes"].append("rFID skipped: it needs at least 2 images")
-    return metrics
+        result = evaluate_autoencoder(autoencoder, image_batches(dataset, indices, batch_size, bar),
+                                      sample_posterior=False, perceptual=perceptual, fid_extractor=extractor)
+    return asdict(result)
 
 
 # ------------------------------------------------------------------------------------ the evaluation

@@ -21,7 +21,6 @@ Extractor = Callable[[torch.Tensor], torch.Tensor]
 STYLES_GROUPS = ("composition", "memorization", "diversity")  # emoji-styles text models only
 METRIC_GROUPS = ("reconstruction", "fid", "adherence", *STYLES_GROUPS)
 STYLED_DATA = ("emoji", "emoji-styles")  # the datasets with styles and skin tones
-TEXT_KINDS = ("minilm", "transformer", "clip")
 DEFAULT_DIFFUSION_SAMPLES = 256
 DEFAULT_GUIDANCE = 4.0  # what training previews use (PreviewConfig.guidance)
 DEFAULT_STEPS = 25
@@ -38,7 +37,7 @@ class EvalSettings(Config):
     evenly over the split. ``resolution``: for
     autoencoder folders (default 64); a diffusion model has its own. ``guidance``: None = 4 for
     conditional models, 1 (no guidance) for unconditional ones. ``spacing``: None = the sampler's
-    default (``pipelines.generate.DEFAULT_SPACING``).
+    default (``model.reverse_process.DEFAULT_SPACING``).
     """
 
     model: str

@@ -1,16 +1,13 @@
 """Pipelines: a model folder's parts wired together for one task, in one call.
 
 ``TextToImage`` (text -> images, ``ldm generate``), ``ImageToImage`` (SDEdit, ``ldm img2img``),
-``Inpaint`` (``ldm inpaint``), ``Upscale`` (``ldm upscale``); they share ``base.Pipeline``. Model folders are written and read by
-``components`` and the shared sampling wiring lives in ``generate``.
+``Inpaint`` (``ldm inpaint``), ``Upscale`` (``ldm upscale``); they share ``base.Pipeline``. The model they
+wire (its parts, folder I/O and reverse process) lives one layer down, in :mod:`latent_diffusion.model`;
+``DiffusionComponents`` and the folder functions are re-exported here for convenience.
 """
 
-from latent_diffusion.pipelines.components import (
-    DiffusionComponents,
-    load_components,
-    model_hash,
-    save_components,
-)
+from latent_diffusion.model.components import DiffusionComponents
+from latent_diffusion.model.folder import load_components, model_hash, save_components
 from latent_diffusion.pipelines.image_to_image import ImageToImage
 from latent_diffusion.pipelines.inpaint import Inpaint
 from latent_diffusion.pipelines.png import GenerationMetadata, read_generation_metadata, write_png

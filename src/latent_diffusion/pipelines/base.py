@@ -4,7 +4,7 @@ Each task (:class:`~latent_diffusion.pipelines.text_to_image.TextToImage`,
 :class:`~latent_diffusion.pipelines.image_to_image.ImageToImage`,
 :class:`~latent_diffusion.pipelines.inpaint.Inpaint`) is this plus what it feeds the sampler:
 pure noise, a noised encoded image, or a noised image with a mask. The model is never
-subclassed per task; a task is a way of calling :func:`~latent_diffusion.pipelines.generate.sample_latents`.
+subclassed per task; a task is a way of calling :func:`~latent_diffusion.model.reverse_process.sample_latents`.
 """
 
 from __future__ import annotations
@@ -19,20 +19,15 @@ from typing import Any
 import torch
 
 import latent_diffusion
-from latent_diffusion.conditioning.conditioner import TEXT_KINDS
+from latent_diffusion.backends import Backend
 from latent_diffusion.hardware import resolve_precision
+from latent_diffusion.model.components import DiffusionComponents, decode_images
+from latent_diffusion.model.folder import load_components, model_hash
+from latent_diffusion.model.reverse_process import check_consistency_call, sample_latents, sampling_sigmas
 from latent_diffusion.pipelines.budget import check_memory
-from latent_diffusion.pipelines.components import DiffusionComponents, load_components, model_hash
-from latent_diffusion.pipelines.generate import (
-    check_consistency_call,
-    decode_images,
-    images_to_pil,
-    sample_latents,
-    sampling_sigmas,
-    text_conditions,
-)
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, read_image
 from latent_diffusion.pipelines.png import GenerationMetadata
+from latent_diffusion.pixels import images_to_pil
 from latent_diffusion.sampling import SAMPLERS
 from latent_diffusion.validation import check_choice, check_in_range, check_integer, check_positive
 
@@ -155,7 +150,7 @@ class Pipeline:
                     "masked_image": "Inpaint (ldm inpaint)", "low_res": "Upscale (ldm upscale)"}
 
     def __init__(self, components: DiffusionComponents, model_hash: str | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", backend: str = "torch") -> None:
         if not isinstance(components, DiffusionComponents):
             raise ValueError(f"components must be DiffusionComponents, got {type(components).__name__}")
         kind = components.image_condition
@@ -166,6 +161,7 @@ class Pipeline:
         self.model_hash = model_hash
         self.vae_tile: int | None = None
         self.set_precision(precision)
+        self.set_backend(backend)
 
     def set_precision(self, precision: str) -> None:
         """``fp32``, ``bf16`` (the UNet and the decoder under bf16 autocast; weights stay as loaded)
@@ -173,6 +169,13 @@ class Pipeline:
         else fp32. The resolved choice is :attr:`precision` and goes into each image's metadata."""
         device = next(self.components.unet.parameters()).device
         self.precision = resolve_precision(precision, device)
+
+    def set_backend(self, backend: str, cache_dir: str | Path | None = None) -> None:
+        """Where the UNet and the VAE decoder run: ``torch`` (default) or ``openvino`` (the optional
+        extra; static-shape graphs exported once per shape and cached under ``cache_dir``, default
+        ``~/.cache/latent-diffusion/openvino``; :mod:`latent_diffusion.backends.openvino`). The
+        precision applies on either: bf16 is autocast in PyTorch, the inference precision in OpenVINO."""
+        self.backend = Backend(backend, self.components, None if cache_dir is None else Path(cache_dir))
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:
@@ -203,7 +206,7 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | DiffusionComponents | None = None, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, precision: str = "fp32") -> Pipeline:
+                        dtype: torch.dtype = torch.float32, precision: str = "fp32", backend: str = "torch") -> Pipeline:
         """Load a model folder (None: the task's shipped default, ``models/<default_model>``) or wrap components.
 
         ``precision``: see :meth:`set_precision` (``auto`` picks bf16 autocast where it is fast).
@@ -214,7 +217,7 @@ class Pipeline:
         if isinstance(path, DiffusionComponents):
             for module in (path.autoencoder, path.unet, path.conditioner):
                 module.to(device=device, dtype=dtype)
-            return cls(path, precision=precision)
+            return cls(path, precision=precision, backend=backend)
         folder = default_model_folder(cls.default_model) if path is None else Path(path)
         if path is None and not folder.is_dir():
             raise FileNotFoundError(
@@ -223,7 +226,7 @@ class Pipeline:
                 "to name another model folder, e.g. a training run's final/ folder"
             )
         components = load_components(folder, device=device, dtype=dtype)
-        return cls(components, model_hash=model_hash(folder), precision=precision)
+        return cls(components, model_hash=model_hash(folder), precision=precision, backend=backend)
 
     # ---- what the model can make ----------------------------------------------------------
     @property
@@ -256,18 +259,9 @@ class Pipeline:
 
     # ---- stages -----------------------------------------------------------------------------
     def conditions(self, prompts: list[str], negatives: list[str] | None) -> tuple[dict, dict]:
-        """Conditional and unconditional UNet kwargs for one prompt (and negative) per image."""
-        conditioner = self.components.conditioner
-        if conditioner.kind in TEXT_KINDS:
-            return text_conditions(self.components, prompts, negatives)
-        if conditioner.kind == "class":  # class names are the prompts; "" is the null class
-            with torch.no_grad():
-                cond = conditioner(labels=prompts)
-                uncond = conditioner(labels=negatives) if negatives else conditioner.unconditional(len(prompts))
-            return cond, uncond
-        if any(prompts) or (negatives and any(negatives)):
-            raise ValueError("this model is unconditional (conditioner kind 'none'); use the empty prompt \"\"")
-        return {}, {}
+        """Conditional and unconditional UNet kwargs for one prompt (and negative) per image
+        (class models read class names as prompts; an unconditional model only the empty one)."""
+        return self.components.conditioner.pair(prompts, negatives)
 
     def prepare_image(self, image: ImageInput, size: int | None, batch: int = 1) -> tuple[Any, torch.Tensor, int]:
         """The checked input (PIL or tensor), as a [1, C, size, size] tensor in [-1, 1], and its size.
@@ -293,14 +287,12 @@ class Pipeline:
         return PromptBatch(prompts, negatives, num_images)
 
     def _encode(self, batch: PromptBatch, timings: dict[str, float],
-                extra: Callable[[], dict[str, torch.Tensor]] | None = None) -> tuple[dict, dict]:
-        """Conditions of ``batch`` (timed as "encode"); ``extra()`` adds tensors (an image
-        condition) to both the conditional and the unconditional kwargs."""
+                extra: Callable[[], torch.Tensor] | None = None) -> tuple[dict, dict]:
+        """Conditions of ``batch`` (timed as "encode"); ``extra()`` is an image condition (the
+        UNet's ``concat`` input) added to both the conditional and the unconditional kwargs."""
         start = time.perf_counter()
-        cond, uncond = self.conditions(batch.items, batch.negative_items)
-        if extra is not None:
-            added = extra()
-            cond, uncond = {**cond, **added}, {**uncond, **added}
+        cond, uncond = self.components.conditioner.pair(batch.items, batch.negative_items,
+                                                        concat=None if extra is None else extra())
         timings["encode"] = time.perf_counter() - start
         return cond, uncond
 
@@ -343,21 +335,28 @@ class Pipeline:
                 if interrupt is not None:
                     interrupt()
 
-            return sample_latents(self.components, cond, uncond, callback=on_step, precision=self.precision,
-                                  **sample_args)
+            return sample_latents(self.backend.for_sampling(self.precision), cond, uncond, callback=on_step,
+                                  precision=self._autocast_precision, **sample_args)
+
+    @property
+    def _autocast_precision(self) -> str:
+        """The precision PyTorch autocast runs in: the pipeline's, except on OpenVINO, which takes
+        it as its own inference precision."""
+        return self.precision if self.backend.autocast_precision else "fp32"
 
     def _metadata(self, count: int, **fields: Any) -> list[GenerationMetadata]:
         """One :class:`GenerationMetadata` per image of a batch of ``count``."""
         param = next(self.components.unet.parameters())
         common = dict(model_hash=self.model_hash, ldm_version=latent_diffusion.__version__,
                       device=str(param.device), dtype=str(param.dtype).removeprefix("torch."),
-                      precision=self.precision, **fields)
+                      precision=self.precision, backend=self.backend.name, **fields)
         return [GenerationMetadata(index=i, **common) for i in range(count)]
 
     def _decode(self, latents: torch.Tensor, interrupt: Callable[[], None] | None = None) -> torch.Tensor:
         """Decoded images in [-1, 1], refusing non-finite output with a hint."""
-        images = decode_images(self.components, latents, tile=self.vae_tile, precision=self.precision,
-                               interrupt=interrupt)
+        tiled = self.vae_tile is not None and max(latents.shape[-2:]) > self.vae_tile
+        images = decode_images(self.backend.for_decoding(self.precision, tiled), latents, tile=self.vae_tile,
+                               precision=self._autocast_precision, interrupt=interrupt)
         if not torch.isfinite(images).all():
             raise ValueError("the model produced NaN or infinite pixels; try dtype=torch.float32, "
                              "fewer steps or a lower guidance")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from latent_diffusion.pipelines.components import DiffusionComponents
+    from latent_diffusion.model.components import DiffusionComponents
 
 BUDGET_ENV = "LDM_MEMORY_BUDGET_GB"
 DECODER_MAPS = 10

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from latent_diffusion.backends import BACKENDS
 from latent_diffusion.cli import UsageError
 from latent_diffusion.hardware import PRECISIONS
 from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME, DEFAULT_UPSCALER_NAME
@@ -99,6 +100,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
     parser.add_argument("--grid", action="store_true", help="write all images as one grid PNG")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     add_precision_argument(parser)
+    add_backend_argument(parser)
     parser.add_argument("--vae-tiling", action="store_true",
                         help="decode large images in overlapping tiles (less memory, seams blended)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -131,6 +133,13 @@ def _check_folder_writable(folder: Path) -> None:
         raise UsageError(str(err)) from None
 
 
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend torch|openvino`` (default torch), shared by the generating commands and ``ldm serve``."""
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="where the UNet and decoder run: torch (default) or openvino (pip install -e "
+                             "'.[openvino]'; graphs exported once per image size and cached)")
+
+
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision auto|fp32|bf16`` (default auto), shared by the generating commands and ``ldm serve``."""
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -138,16 +147,19 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                              "the device has bf16 matrix units (AMX / AVX512-BF16 CPUs, CUDA), fp32 elsewhere")
 
 
-def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None, precision: str = "fp32") -> Any:
+def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None, precision: str = "fp32",
+                  backend: str = "torch") -> Any:
     """``pipeline_class.from_pretrained`` (default TextToImage), any failure a one-line UsageError."""
+    from latent_diffusion.backends import BackendError
+    from latent_diffusion.backends.openvino import BackendUnavailable
+    from latent_diffusion.hardware import resolve_device
     from latent_diffusion.pipelines.base import WrongModelError
     from latent_diffusion.pipelines.text_to_image import TextToImage
-    from latent_diffusion.hardware import resolve_device
 
     try:
         return (pipeline_class or TextToImage).from_pretrained(model, device=resolve_device(device),
-                                                               precision=precision)
-    except (FileNotFoundError, WrongModelError) as err:
+                                                               precision=precision, backend=backend)
+    except (FileNotFoundError, WrongModelError, BackendError, BackendUnavailable) as err:
         raise UsageError(_one_line(err)) from err
     except (ValueError, OSError, KeyError, TypeError, RuntimeError) as err:
         # A corrupt folder fails in many ways (bad JSON, bad config field, truncated weights).
@@ -165,12 +177,11 @@ def grid_image(images: list[Any]) -> Any:
     import torch
     from PIL import Image
 
-    from latent_diffusion.training.grid import make_grid
+    from latent_diffusion.pixels import make_grid
 
     arrays = [np.array(image) for image in images]  # a writable copy for torch
     pixels = torch.stack([torch.from_numpy(a if a.ndim == 3 else a[..., None]) for a in arrays]).permute(0, 3, 1, 2)
-    # make_grid takes [-1, 1]; uint8 -> [-1, 1] -> uint8 is exact because it rounds back.
-    grid = make_grid(pixels.float() / 127.5 - 1.0, nrow=math.ceil(math.sqrt(len(images))))
+    grid = make_grid(pixels, nrow=math.ceil(math.sqrt(len(images))))
     return Image.fromarray(grid if grid.shape[-1] == 3 else grid[..., 0])
 
 
@@ -183,7 +194,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError("give either a PROMPT or --class NAME (for a class-conditional model), not both "
                          'and not neither; use "" for an unconditional image')
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, precision=args.precision)
+    pipe = load_pipeline(args.model, args.device, precision=args.precision, backend=args.backend)
     if args.class_name is not None and pipe.components.conditioner.kind != "class":
         raise UsageError(f"--class needs a class-conditional model; this one is conditioned on "
                          f"{pipe.components.conditioner.kind!r}: pass the text as PROMPT instead")
@@ -201,7 +212,7 @@ def run_img2img(args: argparse.Namespace) -> int:
     _check_strength(args.strength)
     _check_input_file("--image", args.image)
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, ImageToImage, precision=args.precision)
+    pipe = load_pipeline(args.model, args.device, ImageToImage, precision=args.precision, backend=args.backend)
     result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt, strength=args.strength,
                                       **_sampling_kwargs(args))
     return write_results(result, paths, args.grid)
@@ -217,7 +228,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     _check_input_file("--image", args.image)
     _check_input_file("--mask", args.mask)
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, Inpaint, precision=args.precision)
+    pipe = load_pipeline(args.model, args.device, Inpaint, precision=args.precision, backend=args.backend)
     result = _call_reporting_warnings(args.command, pipe, str(args.image), str(args.mask), args.prompt,
                                       strength=args.strength, method=args.method, **_sampling_kwargs(args))
     return write_results(result, paths, args.grid)
@@ -232,7 +243,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     check_back_projection(args.back_projection)
     _check_input_file("IN", args.image)
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, Upscale, precision=args.precision)
+    pipe = load_pipeline(args.model, args.device, Upscale, precision=args.precision, backend=args.backend)
     result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt,
                                       back_projection=args.back_projection, **_sampling_kwargs(args))
     return write_results(result, paths, args.grid)

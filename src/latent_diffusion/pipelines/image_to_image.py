@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from latent_diffusion.model.components import encode_images
 from latent_diffusion.pipelines.base import GenerationResult, Pipeline
-from latent_diffusion.pipelines.generate import encode_images
 from latent_diffusion.pipelines.images import ImageInput, input_hash
 from latent_diffusion.validation import check_in_range
 

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from latent_diffusion.conditioning.image import masked_image_condition
+from latent_diffusion.model.components import encode_images
 from latent_diffusion.pipelines.base import GenerationResult, Pipeline
-from latent_diffusion.pipelines.generate import encode_images
 from latent_diffusion.pipelines.images import ImageInput, input_hash, read_mask, resize_mask
 from latent_diffusion.sampling import latent_keep_mask
 from latent_diffusion.validation import check_choice, check_in_range
@@ -97,9 +97,9 @@ class Inpaint(Pipeline):
         start = time.perf_counter()
         init = encode_images(self.components, pixels).float().cpu()
 
-        def concat_condition() -> dict:
+        def concat_condition() -> torch.Tensor:
             concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
-            return {"concat": concat.expand(count, -1, -1, -1)}
+            return concat.expand(count, -1, -1, -1)
 
         keep = None
         if method == "masked":

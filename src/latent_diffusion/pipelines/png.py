@@ -31,9 +31,10 @@ class GenerationMetadata:
     this image's place in it (None for a grid of the whole batch). A seed names a whole batch:
     image ``index`` of a batch is only reproduced by making the same batch again, which
     :meth:`call_arguments` gives. ``negative_prompts`` has one entry per prompt (None: the
-    model's unconditional input). ``model_hash`` is :func:`~latent_diffusion.pipelines.components.
+    model's unconditional input). ``model_hash`` is :func:`~latent_diffusion.model.folder.
     model_hash` of the model folder (None for a model that was never saved). ``device``, ``dtype``
-    and ``precision`` (``bf16``: autocast) are recorded because float results differ between them.
+    ``precision`` (``bf16``: autocast) and ``backend`` are recorded because float results differ
+    between them.
 
     Image tasks add ``task`` ("img2img", "inpaint", "upscale"; "txt2img" otherwise), ``strength``
     and the SHA-256 of the input image (``image_hash``) and mask (``mask_hash``) as given, so a
@@ -56,6 +57,7 @@ class GenerationMetadata:
     device: str = "cpu"
     dtype: str = "float32"
     precision: str = "fp32"  # "bf16": the UNet and decoder ran under bf16 autocast
+    backend: str = "torch"  # "openvino": the UNet and decoder ran in OpenVINO (latent_diffusion.backends)
     task: str = "txt2img"
     strength: float | None = None
     image_hash: str | None = None
@@ -139,6 +141,7 @@ class GenerationMetadata:
             "size": f"{self.size}x{self.size}",
             "model_hash": self.model_hash or "",
             "precision": self.precision,
+            **({"backend": self.backend} if self.backend != "torch" else {}),
             "ldm_version": self.ldm_version,
             "Software": f"latent_diffusion {self.ldm_version}",
         }

@@ -86,8 +86,8 @@ class Upscale(Pipeline):
 
         small = image_to_tensor(picture, side)
 
-        def low_res() -> dict:
-            return {"concat": low_res_condition(small, latent_size).expand(len(batch), -1, -1, -1)}
+        def low_res() -> torch.Tensor:
+            return low_res_condition(small, latent_size).expand(len(batch), -1, -1, -1)
 
         def finish(images: torch.Tensor) -> torch.Tensor:
             return back_project(images, small.to(images), back_projection, interrupt)

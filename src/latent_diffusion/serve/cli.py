@@ -17,7 +17,7 @@ from typing import Any
 
 from latent_diffusion.cli import UsageError
 from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME
-from latent_diffusion.pipelines.cli import add_precision_argument
+from latent_diffusion.pipelines.cli import add_backend_argument, add_precision_argument
 
 
 def register(subparsers: Any) -> None:
@@ -37,6 +37,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     add_precision_argument(parser)
+    add_backend_argument(parser)
     parser.add_argument("--concurrency", type=int, default=1, help="jobs generating at once (default 1)")
     parser.add_argument("--max-waiting", type=int, default=16,
                         help="jobs allowed to wait; more are answered 429 (default 16)")
@@ -90,14 +91,15 @@ def run_serve(args: argparse.Namespace) -> int:
     from latent_diffusion.pipelines.cli import load_pipeline
     from latent_diffusion.pipelines.text_to_image import TextToImage
 
-    text = load_pipeline(args.model, args.device, TextToImage, args.precision)  # one-line errors for a bad folder
+    # One-line errors for a bad folder or a backend that is not installed.
+    text = load_pipeline(args.model, args.device, TextToImage, args.precision, args.backend)
     upscaler = None
     if args.upscaler is not None:
         from latent_diffusion.pipelines.upscale import Upscale
 
         if not args.upscaler.is_dir():
             raise UsageError(f"--upscaler {str(args.upscaler)!r} is not a folder; pass an upscaling model folder")
-        upscaler = load_pipeline(args.upscaler, args.device, Upscale, args.precision)
+        upscaler = load_pipeline(args.upscaler, args.device, Upscale, args.precision, args.backend)
     generator = Generator.from_components(text, upscaler)
     if not is_loopback(args.host):
         print(f"ldm serve: warning: binding {args.host} exposes the server (no authentication) to the network",

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from latent_diffusion.model.reverse_process import sampling_sigmas
 from latent_diffusion.pipelines.base import GenerationResult, Pipeline
-from latent_diffusion.pipelines.generate import sampling_sigmas
 from latent_diffusion.pipelines.images import check_square, read_mask, to_model_mode
 from latent_diffusion.pipelines.png import png_bytes
 from latent_diffusion.serve.jobs import Job
@@ -141,7 +141,13 @@ class Generator:
         from latent_diffusion.pipelines.inpaint import Inpaint
 
         components, model_hash = text_to_image.components, text_to_image.model_hash
-        return cls(text_to_image, ImageToImage(components, model_hash), Inpaint(components, model_hash), upscale)
+
+        def sibling(pipeline_class: type[Pipeline]) -> Pipeline:
+            pipe = pipeline_class(components, model_hash, precision=text_to_image.precision)
+            pipe.backend = text_to_image.backend  # one set of weights (and compiled graphs) for the three tasks
+            return pipe
+
+        return cls(text_to_image, sibling(ImageToImage), sibling(Inpaint), upscale)
 
     @functools.cached_property
     def memory(self) -> dict[str, Any]:

@@ -31,16 +31,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder
 from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
-from latent_diffusion.hardware import resolve_precision
+from latent_diffusion.hardware import resolve_device, resolve_precision
 from latent_diffusion.io import atomic_directory, save_module
 from latent_diffusion.losses import AutoencoderLoss, AutoencoderLossConfig
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, memory_format, run_training
-from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.optim import GradientAccumulator, build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
-from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch, resolve_device
+from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
 from latent_diffusion.validation import check_choice, check_positive
 
 # What ``train: decoder`` freezes: everything that decides the latents.
@@ -66,10 +66,6 @@ class AutoencoderTrainingConfig(Config):
     def __post_init__(self) -> None:
         check_positive("scale_factor_samples", self.scale_factor_samples)
         check_choice("train", self.train, ("all", "decoder"))
-        if self.optim.grad_accum != 1:  # it was once accepted and silently ignored
-            raise ValueError(f"optim.grad_accum={self.optim.grad_accum}: the autoencoder trainer steps on every "
-                             "batch (its adversarial schedule counts optimizer steps); raise run.batch_size "
-                             "instead, or use several processes (torchrun)")
         if self.train == "decoder" and not self.init_from:
             raise ValueError("train: decoder fine-tunes a trained autoencoder's decoder; set init_from to its "
                              "folder (a run's final/ or a model folder), or use train: all")
@@ -133,7 +129,8 @@ class AutoencoderTrainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.loss = AutoencoderLoss(config.loss).to(self.device)
         self.train_set = dataset_from_config(config.data, "train")
-        batches_per_epoch(len(self.train_set), config.run.batch_size * self.ctx.world_size)  # before any write
+        # before any write
+        batches_per_epoch(len(self.train_set), config.run.batch_size * config.optim.grad_accum * self.ctx.world_size)
         self.optimizer = build_optimizer(self.trainable, lr=config.optim.lr,
                                          weight_decay=config.optim.weight_decay, betas=config.optim.betas)
         self.disc_optimizer = build_optimizer(self.loss.discriminator.parameters(),
@@ -141,6 +138,8 @@ class AutoencoderTrainer:
                                               weight_decay=config.optim.weight_decay, betas=config.optim.betas)
         self.scheduler = warmup_schedule(self.optimizer, config.optim.warmup_steps, config.run.max_steps,
                                          kind=config.optim.schedule)
+        self.accumulator = GradientAccumulator(config.optim.grad_accum)
+        self.disc_accumulator = GradientAccumulator(config.optim.grad_accum)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
         self.step = 0
         if resume:
@@ -159,38 +158,49 @@ class AutoencoderTrainer:
         return autocast(self.precision, self.device)
 
     def train_step(self, images: torch.Tensor) -> dict[str, float]:
-        """One generator step and (when active) one discriminator step on ``images``."""
+        """One generator step and (when active) one discriminator step on ``images``, this rank's
+        ``optim.grad_accum`` micro-batches of ``run.batch_size`` (gradients summed over them, so a
+        step sees their mean gradient; logs are their means)."""
         cfg = self.config
-        images = images.to(self.device)
+        micro_batches = images.to(self.device).split(cfg.run.batch_size)
+        # One stream per step and rank; the micro-batches draw from it in turn.
         generator = torch.Generator().manual_seed((cfg.run.seed * 1_000_003 + self.step) * 1024 + self.ctx.rank)
         discriminator = self.loss.discriminator
         # The discriminator only judges in the generator half; its gradients there are discarded.
         discriminator.requires_grad_(False)
-        with self._autocast():
-            reconstructions, posterior = self.model(images, sample_posterior=True, generator=generator)
-            g_loss, logs = self.loss.generator_loss(images, reconstructions.float(), posterior.regularization_loss(),
-                                                    self.model.last_layer, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        g_loss.backward()
+        reconstructions, logs = [], []
+        for part in micro_batches:
+            with self.accumulator.micro_batch(self.model) as micro:
+                with self._autocast():
+                    recon, posterior = self.model(part, sample_posterior=True, generator=generator)
+                    g_loss, g_logs = self.loss.generator_loss(part, recon.float(), posterior.regularization_loss(),
+                                                              self.model.last_layer, self.step)
+                micro.backward(g_loss)
+            reconstructions.append(recon.detach().float())
+            logs.append({**g_logs, **{k: float(v) for k, v in posterior.stats().items()}})
         self.ctx.average_gradients(self.model)
-        logs["grad_norm"] = clip_grad(self.trainable, cfg.optim.grad_clip)
+        grad_norm = clip_grad(self.trainable, cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         discriminator.requires_grad_(True)
         if self.loss.discriminator_active(self.step):
-            with self._autocast():
-                d_loss, d_logs = self.loss.discriminator_loss(images, reconstructions.detach().float(), self.step)
             self.disc_optimizer.zero_grad(set_to_none=True)
-            d_loss.backward()
+            for i, (part, recon) in enumerate(zip(micro_batches, reconstructions)):
+                with self.disc_accumulator.micro_batch(discriminator) as micro:
+                    with self._autocast():
+                        d_loss, d_logs = self.loss.discriminator_loss(part, recon, self.step)
+                    micro.backward(d_loss)
+                logs[i].update(d_logs)
             self.ctx.average_gradients(discriminator)
             clip_grad(discriminator.parameters(), cfg.optim.grad_clip)
             self.disc_optimizer.step()
-            logs.update(d_logs)
-        logs.update({k: float(v) for k, v in posterior.stats().items()})
-        logs["lr"] = self.scheduler.get_last_lr()[0]
+        mean = {key: sum(log[key] for log in logs) / len(logs) for key in logs[0]}
+        mean["grad_norm"] = grad_norm
+        mean["lr"] = self.scheduler.get_last_lr()[0]
         self.step += 1
-        logs["total"] = float(self.ctx.all_reduce_mean(torch.tensor(logs["total"])))
-        return logs
+        mean["total"] = float(self.ctx.all_reduce_mean(torch.tensor(mean["total"])))
+        return mean
 
     def _save(self) -> None:
         if self.ctx.is_main:
@@ -265,8 +275,8 @@ class AutoencoderTrainer:
     def train(self) -> Path:
         """Run until ``run.max_steps``; returns the exported folder (``run_dir/final``)."""
         run = self.config.run
-        sampler = StepBatches(len(self.train_set), run.batch_size, self.ctx.world_size, self.ctx.rank,
-                              run.seed, self.step, run.max_steps)
+        sampler = StepBatches(len(self.train_set), run.batch_size * self.config.optim.grad_accum,
+                              self.ctx.world_size, self.ctx.rank, run.seed, self.step, run.max_steps)
         batches = iter(DataLoader(self.train_set, batch_sampler=sampler, num_workers=run.num_workers))
         previews = self.preview_images() if self.ctx.is_main else None
         self.model.train()

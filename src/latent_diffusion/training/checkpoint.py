@@ -68,12 +68,13 @@ class CheckpointManager:
 
     def save(self, step: int, modules: Mapping[str, tuple[nn.Module, Config]], *,
              optimizers: Mapping[str, Any] | None = None, schedulers: Mapping[str, Any] | None = None,
-             ema: Mapping[str, Any] | None = None, scaler: Any = None, rng: Any = None,
+             ema: Mapping[str, Any] | None = None, scaler: Any = None,
              extra: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
         """Write the checkpoint for ``step`` and point ``latest`` at it; returns its folder.
 
         ``optimizers``, ``schedulers`` and ``ema`` map names to objects with ``state_dict()`` or
-        to state dicts; ``scaler`` likewise; ``rng`` is :func:`rng.capture_rng_state` output.
+        to state dicts; ``scaler`` likewise. No generator state is saved: the trainers draw each
+        step's randomness from a generator seeded by (seed, step), so a resume needs only the step.
         ``extra`` (epoch, data position, run config, ...) goes to ``trainer.json``; configs in it
         are written with ``to_dict()``. An existing folder for ``step`` is an error unless
         ``overwrite`` (then it is replaced whole, never mixed with the new files, and while that
@@ -95,7 +96,6 @@ class CheckpointManager:
             "schedulers": _state_dicts(schedulers),
             "ema": _state_dicts(ema),
             "scaler": _state_dict(scaler),
-            "rng": rng,
         }
         check_weights_only_safe(state, "training_state")
         trainer = _trainer_json(step, sorted(modules), extra)

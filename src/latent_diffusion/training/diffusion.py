@@ -31,9 +31,11 @@ from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.diffusion.objective import diffusion_loss
 from latent_diffusion.diffusion.schedule import DiffusionConfig, NoiseSchedule
-from latent_diffusion.hardware import resolve_precision
-from latent_diffusion.pipelines.components import DiffusionComponents, check_compatible, save_components
-from latent_diffusion.pipelines.generate import decode_images, sample_latents
+from latent_diffusion.hardware import resolve_device, resolve_precision
+from latent_diffusion.io import file_digest
+from latent_diffusion.model.components import DiffusionComponents, check_compatible, decode_images
+from latent_diffusion.model.folder import save_components
+from latent_diffusion.model.reverse_process import sample_latents
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.ema import EMA
@@ -44,13 +46,12 @@ from latent_diffusion.training.latent_cache import (
     cache_key,
     encode_captions,
     encode_dataset,
-    file_digest,
 )
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, memory_format, run_training
-from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.optim import GradientAccumulator, build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
-from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch, resolve_device
+from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
 from latent_diffusion.unet import UNet, UNetConfig
 from latent_diffusion.validation import check_choice, check_in_range
 
@@ -197,6 +198,7 @@ class DiffusionTrainer:
                                          betas=config.optim.betas)
         self.scheduler = warmup_schedule(self.optimizer, config.optim.warmup_steps, config.run.max_steps,
                                          kind=config.optim.schedule)
+        self.accumulator = GradientAccumulator(config.optim.grad_accum)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=config.run.keep_last)
         self.step = 0
         if resume:
@@ -257,7 +259,7 @@ class DiffusionTrainer:
         """Loss of one micro-batch; ``order`` holds the global batch's dataset indices."""
         cfg = self.config
         world, rank = self.ctx.world_size, self.ctx.rank
-        generator = step_generator(cfg.run.seed, self.step, micro)
+        generator = step_generator(cfg.run.seed, self.draw_step(), micro)
         shape = (len(order), *self.latents.mean.shape[1:])
         # Draw for the global batch, then take this rank's share: results do not depend on K.
         latent_noise = torch.randn(shape, generator=generator)
@@ -291,6 +293,12 @@ class DiffusionTrainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
 
+    def draw_step(self) -> int:
+        """The step whose batch and random draws (timesteps, noise, dropout) this step uses: the
+        step itself. The seam for overfitting one batch: a subclass returning a constant trains on
+        the same items, timesteps and noise every step."""
+        return self.step
+
     def _global_order(self, step: int) -> torch.Tensor:
         """Dataset indices of the global batch(es) of optimizer step ``step`` (all micro-batches)."""
         return epoch_batch(len(self.latents), self.global_batch, step, self.config.run.seed, BATCH_KNOBS)
@@ -299,15 +307,12 @@ class DiffusionTrainer:
         """One optimizer step over ``grad_accum`` micro-batches; returns logged numbers."""
         cfg = self.config
         accum = cfg.optim.grad_accum
-        order = self._global_order(self.step).view(accum, -1)
+        order = self._global_order(self.draw_step()).view(accum, -1)
         total = 0.0
         for micro in range(accum):
-            sync = contextlib.nullcontext()
-            if micro < accum - 1 and hasattr(self.model, "no_sync"):
-                sync = self.model.no_sync()
-            with sync:
+            with self.accumulator.micro_batch(self.model) as batch:  # DDP syncs on the last one only
                 loss = self._micro_batch(order[micro], micro)
-                (loss / accum).backward()
+                batch.backward(loss)
             total += float(loss.detach()) / accum
         if self.conditioner.trainable:
             # The trainable text encoder sits outside the DDP wrapper; average its gradients by hand.
@@ -360,26 +365,18 @@ class DiffusionTrainer:
             return
         components = self.components()
         prompts = list(preview.prompts)
-        if self.conditioner.kind == "class":
-            cond = self.conditioner(labels=prompts)
-        elif self.conditioner.kind == "none":  # the prompts only count the samples
-            cond = self.conditioner(batch_size=len(prompts))
-        else:
-            cond = self.conditioner(prompts=prompts)
-        uncond = self.conditioner.unconditional(len(prompts))
-        inputs = None
+        concat = inputs = None
         if self.config.image_condition != "none":
             # The first training items (fixed holes) as inputs; the grid shows inputs over samples.
             index = torch.arange(min(len(prompts), len(self.latents)))
             prompts = prompts[:len(index)]
-            cond = {k: v[:len(index)] for k, v in cond.items()}
-            uncond = {k: v[:len(index)] for k, v in uncond.items()}
             holes = random_holes(len(index), self.config.data.resolution,
                                  torch.Generator().manual_seed(preview.seed))
             with torch.no_grad():
                 concat = self.image_condition(index, holes).to(self.device)
-            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
             inputs = self.preview_inputs(index, holes)
+        # Class models read the prompts as class names; for an unconditional one they only count samples.
+        cond, uncond = self.conditioner.pair(None if self.conditioner.kind == "none" else prompts, concat=concat)
         self.conditioner.eval()
         latents = sample_latents(components, cond, uncond, batch_size=len(prompts), seed=preview.seed,
                                  steps=preview.steps, sampler=preview.sampler, guidance=preview.guidance)

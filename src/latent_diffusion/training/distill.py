@@ -36,10 +36,11 @@ from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.diffusion import parameterization
 from latent_diffusion.diffusion.consistency import ConsistencyConfig, boundary_scalings
-from latent_diffusion.hardware import resolve_precision
-from latent_diffusion.io import load_state_strict
-from latent_diffusion.pipelines.components import DiffusionComponents, load_components, model_hash, save_components
-from latent_diffusion.pipelines.generate import decode_images, sample_latents
+from latent_diffusion.hardware import resolve_device, resolve_precision
+from latent_diffusion.io import file_digest, load_state_strict
+from latent_diffusion.model.components import DiffusionComponents, decode_images
+from latent_diffusion.model.folder import load_components, model_hash, save_components
+from latent_diffusion.model.reverse_process import sample_latents
 from latent_diffusion.sampling.discretization import lcm_timesteps
 from latent_diffusion.sampling.guidance import concat_conditions
 from latent_diffusion.training.checkpoint import CheckpointManager
@@ -51,12 +52,12 @@ from latent_diffusion.training.diffusion import (
     shared_latents,
 )
 from latent_diffusion.training.distributed import DistributedContext
-from latent_diffusion.training.latent_cache import LatentSet, cache_key, file_digest
+from latent_diffusion.training.latent_cache import LatentSet, cache_key
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
-from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch, resolve_device
+from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
 from latent_diffusion.unet import UNet
 from latent_diffusion.validation import check_choice, check_in_range, check_positive
 
@@ -221,11 +222,9 @@ class DistillTrainer:
         alphas = self.schedule.alphas_cumprod.to(self.device, torch.float32)
         a_t, a_s = (alphas[v].view(-1, 1, 1, 1) for v in (t, s))
         x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
-        conditioner = self.teacher.conditioner
+        cond, uncond = self.teacher.conditioner.pair(draw_captions(self.composer, self.latents, index, choice[mine]))
+        cond, uncond = ({k: v.to(self.device) for k, v in c.items()} for c in (cond, uncond))
         with torch.no_grad():
-            cond = conditioner(prompts=draw_captions(self.composer, self.latents, index, choice[mine]))
-            cond = {k: v.to(self.device) for k, v in cond.items()}
-            uncond = {k: v.to(self.device) for k, v in conditioner.unconditional(len(index)).items()}
             guided = {**cond, "timestep_cond": cfg.consistency.guidance_condition(scale, len(index)).to(self.device)}
             x_s = self._teacher_step(x_t, t, a_t, a_s, scale, cond, uncond)
             target = self._consistency(self.target, x_s, s, a_s, guided)

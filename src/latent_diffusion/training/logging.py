@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from latent_diffusion.io import atomic_write_text
-from latent_diffusion.training.grid import make_grid, write_png
+from latent_diffusion.pixels import make_grid, write_png
 
 METRICS_FILE = "metrics.jsonl"
 _TAG = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from latent_diffusion.validation import check_choice, check_in_range, check_positive
+from latent_diffusion.validation import check_choice, check_positive
 
 ScheduleKind = Literal["constant", "cosine"]
 
@@ -145,26 +145,3 @@ class GradientAccumulator:
         with sync:
             yield batch
         self.micro_step = 0 if batch.should_step else self.micro_step + 1
-
-    def state_dict(self) -> dict[str, int]:
-        """Position inside the current accumulation group."""
-        return {"accum_steps": self.accum_steps, "micro_step": self.micro_step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume inside an accumulation group (requires the same ``accum_steps``)."""
-        if int(state["accum_steps"]) != self.accum_steps:
-            raise ValueError(
-                f"saved accum_steps={state['accum_steps']} differs from accum_steps={self.accum_steps}"
-            )
-        check_in_range("micro_step", int(state["micro_step"]), 0, self.accum_steps - 1)
-        self.micro_step = int(state["micro_step"])
-
-
-__all__ = [
-    "GradientAccumulator",
-    "MicroBatch",
-    "build_optimizer",
-    "clip_grad",
-    "lr_factor",
-    "warmup_schedule",
-]

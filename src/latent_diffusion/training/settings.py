@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from latent_diffusion.config import Config
-from latent_diffusion.hardware import resolve_device  # noqa: F401  (the trainers import it from here)
 from latent_diffusion.validation import check_positive
 
 

@@ -34,7 +34,7 @@ from latent_diffusion.unet.blocks import (
     zero_module,
 )
 from latent_diffusion.unet.transformer import BasicTransformerBlock, SpatialTransformer
-from latent_diffusion.validation import check_channels, check_divisible
+from latent_diffusion.validation import check_channels, check_divisible, check_integer
 
 
 @dataclass
@@ -395,26 +395,19 @@ def _timesteps_for_batch(
     return timesteps.to(device)
 
 
-def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"{name}={value!r} is not allowed; expected {allowed}")
-
-
 def _check_config(c: UNetConfig) -> None:
     """Validate a :class:`UNetConfig`, naming the field, its value and what is allowed."""
     for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "num_heads",
                  "transformer_depth", "norm_groups"):
-        _check_int(name, getattr(c, name), 1)
-    _check_int("concat_channels", c.concat_channels, 0)
+        check_integer(name, getattr(c, name), 1)
+    check_integer("concat_channels", c.concat_channels, 0)
     for name in ("head_dim", "context_dim", "num_classes", "time_cond_proj_dim"):
-        _check_int(name, getattr(c, name), 1, optional=True)
+        if getattr(c, name) is not None:
+            check_integer(name, getattr(c, name), 1)
     if not isinstance(c.channel_mult, tuple) or not c.channel_mult:
         raise ValueError(f"channel_mult={c.channel_mult!r} must be a non-empty tuple of integers")
     for m in c.channel_mult:
-        _check_int("channel_mult item", m, 1)
+        check_integer("channel_mult item", m, 1)
     levels = range(len(c.channel_mult))
     if not isinstance(c.attention_levels, tuple) or len(set(c.attention_levels)) != len(
         c.attention_levels

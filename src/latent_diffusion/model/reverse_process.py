@@ -1,4 +1,4 @@
-"""Wiring that every task shares: conditions in, noise through a sampler, latents decoded.
+"""The reverse process: seeded noise through a sampler over the model's denoiser, to latents.
 
 No sampler knows about text and no network knows about samplers; this module is where they
 meet. Noise is drawn as diffusers draws it: one CPU ``torch.Generator`` seeded with ``seed``,
@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
-from latent_diffusion.autoencoder.tiling import decode_latents_tiled
 from latent_diffusion.hardware import autocast
-from latent_diffusion.pipelines.components import DiffusionComponents
+from latent_diffusion.model.components import DiffusionComponents
 from latent_diffusion.sampling import (
     CFGDenoiser,
     ConsistencyDenoiser,
@@ -150,52 +149,3 @@ def sampling_sigmas(components: DiffusionComponents, steps: int, sampler: str, s
     original = components.consistency.original_steps if components.consistency is not None else None
     sigmas = get_sigmas(components.schedule, steps, spacing, **({"original_steps": original} if original else {}))
     return sigmas_for_strength(sigmas, strength)
-
-
-def encode_images(components: DiffusionComponents, images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] to diffusion latents (the posterior mode, scaled): deterministic, so
-    image-to-image at strength 0 gives back exactly the autoencoder's reconstruction."""
-    autoencoder = components.autoencoder
-    param = next(autoencoder.parameters())
-    with torch.no_grad():
-        return autoencoder.encode_latents(images.to(device=param.device, dtype=param.dtype))
-
-
-def decode_images(components: DiffusionComponents, latents: torch.Tensor, tile: int | None = None,
-                  precision: str = "fp32", interrupt: Callable[[], None] | None = None) -> torch.Tensor:
-    """Decode diffusion latents to images in [-1, 1] (float32, clamped); ``tile`` (latents per
-    side) decodes in overlapping tiles, bounding memory for large images (autoencoder/tiling.py);
-    ``precision`` ``bf16`` decodes under bf16 autocast; ``interrupt()`` is called before decoding and
-    between tiles (raising there stops the work)."""
-    if interrupt is not None:
-        interrupt()
-    with torch.no_grad(), autocast(precision, latents.device):
-        if tile is not None and max(latents.shape[-2:]) > tile:
-            images = decode_latents_tiled(components.autoencoder, latents, tile=tile, overlap=max(1, tile // 4),
-                                          interrupt=interrupt)
-        else:
-            images = components.autoencoder.decode_latents(latents)
-    return images.float().clamp(-1, 1)
-
-
-def text_conditions(components: DiffusionComponents, prompts: list[str],
-                    negative: list[str] | None = None) -> tuple[dict, dict]:
-    """Conditional and unconditional UNet kwargs for ``prompts`` (negative prompt or empty)."""
-    conditioner = components.conditioner
-    with torch.no_grad():
-        cond = conditioner(prompts=prompts)
-        if negative is None:
-            uncond = conditioner.unconditional(len(prompts))
-        else:
-            uncond = conditioner(prompts=negative)
-    return cond, uncond
-
-
-def images_to_pil(images: torch.Tensor) -> list:
-    """[-1, 1] image tensors to PIL images (RGB, or L for one channel)."""
-    from PIL import Image
-
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    if pixels.shape[-1] == 1:
-        return [Image.fromarray(p[..., 0], mode="L") for p in pixels]
-    return [Image.fromarray(p, mode="RGB") for p in pixels]

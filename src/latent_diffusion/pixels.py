@@ -1,6 +1,9 @@
-"""Image grids for logging samples: a batch in [-1, 1] tiled into one uint8 picture.
+"""Pixels: images in [-1, 1] as uint8 arrays, PIL images, grids and PNG files.
 
-Written without torchvision (which this project does not depend on). The layout matches
+One place for the [-1, 1] -> uint8 map (``round((x + 1) * 127.5)``), which training grids,
+pipelines and the CLI all use.
+
+Grids are written without torchvision (which this project does not depend on). The layout matches
 ``torchvision.utils.make_grid``: tiles fill rows left to right, ``nrow`` tiles per row, with
 ``padding`` pixels of ``pad_value`` around and between them.
 """
@@ -31,7 +34,8 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
-    """Tile ``images`` [N, C, H, W] (values in [-1, 1], C = 1 or 3) into a uint8 [H', W', C] array.
+    """Tile ``images`` [N, C, H, W] (C = 1 or 3; floats in [-1, 1], or uint8 pixels taken as they
+are) into a uint8 [H', W', C] array.
 
     ``nrow`` is the number of tiles per row; tile ``i`` sits at row ``i // nrow``, column
     ``i % nrow``, its top-left pixel at ``(padding + row * (H + padding), padding + col * (W + padding))``.
@@ -50,7 +54,8 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: 
     cols = min(nrow, n)
     rows = math.ceil(n / nrow)
     grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), pad_value, np.uint8)
-    tiles = to_uint8(images).permute(0, 2, 3, 1).numpy()  # NHWC
+    pixels = images.cpu() if images.dtype == torch.uint8 else to_uint8(images)
+    tiles = pixels.permute(0, 2, 3, 1).numpy()  # NHWC
     for i, tile in enumerate(tiles):
         top = padding + (i // nrow) * (h + padding)
         left = padding + (i % nrow) * (w + padding)
@@ -75,4 +80,12 @@ def write_png(path: str | Path, picture: np.ndarray) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-__all__ = ["make_grid", "save_grid", "to_uint8", "write_png"]
+def images_to_pil(images: torch.Tensor) -> list:
+    """[-1, 1] image tensors to PIL images (RGB, or L for one channel)."""
+    pixels = to_uint8(images.cpu()).permute(0, 2, 3, 1).numpy()
+    if pixels.shape[-1] == 1:
+        return [Image.fromarray(p[..., 0], mode="L") for p in pixels]
+    return [Image.fromarray(p, mode="RGB") for p in pixels]
+
+
+__all__ = ["images_to_pil", "make_grid", "save_grid", "to_uint8", "write_png"]

@@ -1,0 +1,69 @@
+"""Where the networks run: PyTorch (``torch``, the default) or OpenVINO (``openvino``, the optional
+extra ``pip install -e '.[openvino]'``), chosen per pipeline (``--backend``).
+
+A backend replaces only the two networks sampling calls in a loop, the UNet and the VAE decoder
+(:mod:`latent_diffusion.backends.openvino`); text encoding, the samplers' arithmetic and
+everything else stay PyTorch, so the same seed draws the same noise on every backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from latent_diffusion.model.components import DiffusionComponents
+from latent_diffusion.validation import check_choice
+
+BACKENDS = ("torch", "openvino")
+
+
+class BackendError(ValueError):
+    """A backend that cannot run this model as loaded (device, dtype); the message says what to do."""
+
+
+class Backend:
+    """The components a call samples with on ``name``: the model's own for ``torch``; for
+    ``openvino``, the UNet and the decoder wrapped (built once, recompiled per precision)."""
+
+    def __init__(self, name: str, components: DiffusionComponents, cache_dir: Path | None = None) -> None:
+        check_choice("backend", name, BACKENDS)
+        self.name = name
+        self.components = components
+        self.unet = self.decoder = None
+        if name == "openvino":
+            from latent_diffusion.backends.openvino import OpenVINODecoder, OpenVINOUNet, require_openvino
+
+            require_openvino()
+            param = next(components.unet.parameters())
+            if param.device.type != "cpu" or param.dtype != torch.float32:
+                raise BackendError(f"backend 'openvino' runs float32 weights on the CPU; this model is "
+                                 f"{str(param.dtype).removeprefix('torch.')} on {param.device}: load it with "
+                                 "device='cpu' and dtype=torch.float32 (ldm: --device cpu), or use backend 'torch'")
+            self.unet = OpenVINOUNet(components.unet, cache_dir=cache_dir)
+            self.decoder = OpenVINODecoder(components.autoencoder, cache_dir=cache_dir)
+
+    def for_sampling(self, precision: str) -> DiffusionComponents:
+        """The components whose UNet the reverse process calls."""
+        if self.unet is None:
+            return self.components
+        self.unet.precision = precision
+        return dataclasses.replace(self.components, unet=self.unet)
+
+    def for_decoding(self, precision: str, tiled: bool) -> DiffusionComponents:
+        """The components whose autoencoder decodes; tiled decoding stays PyTorch (its edge tiles
+        would each need a graph of their own shape)."""
+        if self.decoder is None or tiled:
+            return self.components
+        self.decoder.precision = precision
+        return dataclasses.replace(self.components, autoencoder=self.decoder)
+
+    @property
+    def autocast_precision(self) -> bool:
+        """Whether the ``bf16`` precision means PyTorch autocast (OpenVINO takes it as its
+        inference precision instead)."""
+        return self.name == "torch"
+
+
+__all__ = ["BACKENDS", "Backend", "BackendError"]
