@@ -42,6 +42,7 @@ from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
 from latent_diffusion.conditioning import ConditionerConfig, build_conditioner
 from latent_diffusion.config import load_text
 from latent_diffusion.diffusion.schedule import DiffusionConfig
+from latent_diffusion.hardware import describe_cpu
 from latent_diffusion.pipelines import DiffusionComponents, TextToImage, default_model_folder
 from latent_diffusion.unet import UNet, UNetConfig
 
@@ -104,6 +105,12 @@ def choose_model(args: argparse.Namespace) -> tuple[TextToImage, str]:
     return TextToImage(components), "random model of the fallback architecture (see module docstring)"
 
 
+def configure(pipe: TextToImage, args: argparse.Namespace) -> None:
+    """Apply ``--precision`` and ``--backend``."""
+    pipe.set_precision(args.precision)
+    pipe.set_backend(args.backend)
+
+
 def settings(pipe: TextToImage, args: argparse.Namespace, steps: int | None = None) -> dict:
     """The call's arguments: those given, the model's defaults for the rest (checked by the pipeline)."""
     steps, sampler, guidance = pipe.check_sampling(args.steps if steps is None else steps, args.sampler,
@@ -141,6 +148,7 @@ def print_table(pipe: TextToImage, description: str, call: dict, args: argparse.
           f"UNet {millions:.1f}M parameters, conditioner {c.conditioner.kind!r}")
     print(f"settings: {call['steps']} steps of {call['sampler']}, guidance {call['guidance']}, {args.num_images} "
           f"image(s) per call, {torch.get_num_threads()} torch thread(s), median of {args.repeats} call(s)")
+    print(f"backend {pipe.backend.name}, precision {pipe.precision}; CPU: {describe_cpu()}")
     print(f"{'stage':<14}{'s / call':>12}{'share':>9}")
     for name, label in (("encode", "text encoding"), ("denoise", "denoising"), ("decode", "decoding")):
         print(f"{label:<14}{t[name]:>12.4f}{t[name] / t['total']:>9.1%}")
@@ -176,6 +184,10 @@ def main() -> None:
     parser.add_argument("--student", type=Path, default=None,
                         help="a few-step (consistency-distilled) model folder to compare, at its own sampler")
     parser.add_argument("--student-steps", default="1,2,4,8", help="comma-separated step counts of --student")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                        help="bf16: autocast in PyTorch, inference precision in OpenVINO (default fp32)")
+    parser.add_argument("--backend", default="torch", choices=("torch", "openvino"),
+                        help="where the UNet and decoder run (default torch; openvino exports once, cached)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be >= 1")
@@ -184,10 +196,12 @@ def main() -> None:
     except ValueError:
         parser.error(f"--student-steps={args.student_steps!r} must be comma-separated integers, e.g. 1,2,4,8")
     pipe, description = choose_model(args)
+    configure(pipe, args)
     call = settings(pipe, args)
     cases = [(pipe, call)]
     if args.student is not None:
         student = TextToImage.from_pretrained(args.student)
+        configure(student, args)
         # The student samples with its own sampler and guidance; --sampler/--guidance are the first model's.
         student_args = argparse.Namespace(**{**vars(args), "sampler": None, "guidance": None})
         cases += [(student, settings(student, student_args, steps)) for steps in student_steps]
