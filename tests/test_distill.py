@@ -212,6 +212,45 @@ def test_what_a_consistency_model_refuses(workspace: Path) -> None:
         pipe("a red square", rescale=0.5, progress=False)
 
 
+def test_image_to_image_and_inpainting_sample_a_consistency_model(workspace: Path) -> None:
+    """The image tasks take the folder's lcm sampling too: strength 0 gives the autoencoder's
+    reconstruction back, 0.5 runs half of the 4 steps and redraws; masked inpainting keeps the
+    picture outside the hole and redraws inside it."""
+    from PIL import Image
+
+    from latent_diffusion.model.components import encode_images
+    from latent_diffusion.pipelines import ImageToImage, Inpaint
+    from latent_diffusion.pipelines.images import image_to_tensor
+    from latent_diffusion.sampling import latent_keep_mask
+
+    final = workspace / "run" / "final"
+    if not final.is_dir():
+        DistillTrainer(make_config(workspace, "run", steps=2)).train()
+    source = TextToImage.from_pretrained(final)("a red square", seed=2, progress=False)[0]
+    img2img = ImageToImage.from_pretrained(final)
+    kept = img2img(source, "a blue square", strength=0.0, seed=0, progress=False)
+    changed = img2img(source, "a blue square", strength=0.5, seed=0, progress=False)
+    meta = changed.metadata[0]
+    assert (meta.sampler, meta.steps, meta.guidance, meta.strength) == ("lcm", 4, 4.0, 0.5)
+    kept_pixels, changed_pixels = (np.asarray(r[0], int) for r in (kept, changed))
+    assert np.abs(kept_pixels - changed_pixels).mean() > 1.0
+    side = source.size[0]
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+    filled = Inpaint.from_pretrained(final)(source, Image.fromarray(mask), "a blue square", seed=0, method="masked",
+                                            progress=False)
+    assert filled.metadata[0].sampler == "lcm"
+    # In latent space the kept region is the source's latents exactly (the tiny decoder's receptive
+    # field spans the 16 px picture, so pixels are compared inside the hole only).
+    components = Inpaint.from_pretrained(final).components
+    hole = torch.from_numpy(mask > 0).float()[None, None]
+    keep = latent_keep_mask(hole, components.autoencoder.downsampling_factor).bool().expand_as(filled.latents)
+    init = encode_images(components, image_to_tensor(source, side))
+    assert torch.equal(filled.latents[keep], init.expand_as(filled.latents)[keep])
+    assert (filled.latents - init)[~keep].abs().mean() > 0.05  # redrawn
+    assert np.abs(np.asarray(filled[0], int) - kept_pixels)[mask > 0].mean() > 3.0
+
+
 def test_a_teacher_that_is_not_text_to_image_is_refused_before_anything_is_written(workspace: Path) -> None:
     config = make_config(workspace, "never")
     save_components(tiny_components(kind="none"), workspace / "unconditional")
