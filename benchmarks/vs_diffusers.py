@@ -9,6 +9,7 @@ matching diffusers scheduler, so both do the same work). Prints seconds and the 
 ours / diffusers (below 1.0: we are faster). Needs diffusers (a test dependency).
 
     python benchmarks/vs_diffusers.py [--repeats 1] [--steps 20] [--size 512] [--skip-pipeline]
+        [--backend openvino]     # adds the UNet forward in OpenVINO, fp32 and bf16, vs diffusers fp32
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def measure(ours: DiffusionComponents, theirs, dtype: torch.dtype, args: argpars
                      best_time(lambda: theirs.unet(x, t, encoder_hidden_states=context), args.repeats)))
         rows.append(("VAE decode", best_time(lambda: ours.autoencoder.decode(z), args.repeats),
                      best_time(lambda: theirs.vae.decode(z), args.repeats)))
+        if args.backend == "openvino" and dtype == torch.float32:
+            rows += openvino_rows(ours, x, t, context, rows[0][2], args)
     if not args.skip_pipeline:
         # A minutes-long call: with --repeats 1 it runs once, without a warm-up of its own (the
         # UNet and VAE above are warm by now).
@@ -112,6 +115,27 @@ def measure(ours: DiffusionComponents, theirs, dtype: torch.dtype, args: argpars
                                         generator=torch.Generator().manual_seed(0), height=args.size,
                                         width=args.size, output_type="np"))
         rows.append((f"text-to-image {args.steps} steps", ours_s, theirs_s))
+    return rows
+
+
+def openvino_rows(ours: DiffusionComponents, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                  theirs_fp32: float, args: argparse.Namespace) -> list[tuple]:
+    """Our UNet forward in OpenVINO (fp32 and, with bf16 units, bf16 inference precision) against
+    diffusers' fp32 forward of the same run; the export (once, cached in a temporary folder) is
+    printed apart and not timed."""
+    from latent_diffusion.backends.openvino import OpenVINOUNet
+
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        unet = OpenVINOUNet(ours.unet, cache_dir=cache)
+        for precision in ("fp32", "bf16") if bf16_usable()[0] else ("fp32",):
+            unet.precision = precision
+            start = time.perf_counter()
+            unet(x, t, context=context)  # export (first precision only) and compile
+            print(f"openvino {precision}: export + compile + first call {time.perf_counter() - start:.1f} s",
+                  flush=True)
+            rows.append((f"UNet b2 openvino {precision}", best_time(lambda: unet(x, t, context=context), args.repeats),
+                         theirs_fp32))
     return rows
 
 
@@ -130,6 +154,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image side (latents are size/8)")
     parser.add_argument("--skip-pipeline", action="store_true", help="only the UNet and VAE benchmarks")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--backend", default="torch", choices=("torch", "openvino"),
+                        help="openvino adds our UNet forward in OpenVINO (fp32, bf16) against diffusers' fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

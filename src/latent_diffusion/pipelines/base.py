@@ -172,7 +172,7 @@ class Pipeline:
 
     def set_backend(self, backend: str, cache_dir: str | Path | None = None) -> None:
         """Where the UNet and the VAE decoder run: ``torch`` (default) or ``openvino`` (the optional
-        extra; static-shape graphs exported once per shape and cached under ``cache_dir``, default
+        extra; a graph exported once per input shape and cached under ``cache_dir``, default
         ``~/.cache/latent-diffusion/openvino``; :mod:`latent_diffusion.backends.openvino`). The
         precision applies on either: bf16 is autocast in PyTorch, the inference precision in OpenVINO."""
         self.backend = Backend(backend, self.components, None if cache_dir is None else Path(cache_dir))
@@ -209,7 +209,8 @@ class Pipeline:
                         dtype: torch.dtype = torch.float32, precision: str = "fp32", backend: str = "torch") -> Pipeline:
         """Load a model folder (None: the task's shipped default, ``models/<default_model>``) or wrap components.
 
-        ``precision``: see :meth:`set_precision` (``auto`` picks bf16 autocast where it is fast).
+        ``precision``: see :meth:`set_precision` (``auto`` picks bf16 where the CPU has bf16 units);
+        ``backend``: see :meth:`set_backend`.
 
         Components passed in are moved to ``device``/``dtype`` in place; their ``model_hash``
         is None because they were never saved.
