@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,8 @@ class GraphRunner:
         self.digest = weights_digest(module)
         self.compiled: dict[tuple, Any] = {}
         self.failed: set[tuple] = set()  # signatures that fell back to PyTorch (warned once each)
+        # A compiled model's call reuses one infer request: the server's concurrent jobs take turns.
+        self.lock = threading.Lock()
         self.core = self.ov.Core()
 
     @staticmethod
@@ -112,6 +115,10 @@ class GraphRunner:
     def run(self, inputs: dict[str, torch.Tensor], precision: str) -> torch.Tensor | None:
         """The network's output for ``inputs`` (float32 on the CPU), or None when OpenVINO could
         not build this signature (the caller then runs PyTorch)."""
+        with self.lock:
+            return self._run(inputs, precision)
+
+    def _run(self, inputs: dict[str, torch.Tensor], precision: str) -> torch.Tensor | None:
         signature = self.signature(inputs)
         key = (signature, precision)
         if key in self.failed:
@@ -125,7 +132,7 @@ class GraphRunner:
                 warnings.warn(f"OpenVINO could not build the {self.name} for inputs "
                               f"{', '.join(f'{n} {list(s)}' for n, s, _ in signature)} "
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                              "running it in PyTorch", stacklevel=3)
+                              "running it in PyTorch", stacklevel=4)
                 return None
             self.compiled[key] = compiled
         arrays = [t.detach().to("cpu").contiguous().numpy() for t in inputs.values()]
