@@ -115,6 +115,8 @@ def measure(ours: DiffusionComponents, theirs, dtype: torch.dtype, args: argpars
                                         generator=torch.Generator().manual_seed(0), height=args.size,
                                         width=args.size, output_type="np"))
         rows.append((f"text-to-image {args.steps} steps", ours_s, theirs_s))
+        if args.backend == "openvino" and dtype == torch.float32:
+            rows.append(openvino_pipeline_row(ours, theirs_s, args))
     return rows
 
 
@@ -139,6 +141,21 @@ def openvino_rows(ours: DiffusionComponents, x: torch.Tensor, t: torch.Tensor, c
     return rows
 
 
+def openvino_pipeline_row(ours: DiffusionComponents, theirs_fp32: float, args: argparse.Namespace) -> tuple:
+    """The whole text-to-image call on OpenVINO in its fastest precision, against diffusers' fp32
+    call of the same run (the export, cached in a temporary folder, is a call of its own first)."""
+    precision = "bf16" if bf16_usable()[0] else "fp32"
+    with tempfile.TemporaryDirectory() as cache:
+        pipe = TextToImage(ours, precision=precision)
+        pipe.set_backend("openvino", cache_dir=cache)
+        call = dict(steps=args.steps, sampler=SAMPLER, guidance=7.5, seed=0, progress=False)
+        start = time.perf_counter()
+        pipe(PROMPT, **{**call, "steps": 1})
+        print(f"openvino {precision} text-to-image: export + compile + 1-step call {time.perf_counter() - start:.1f} s",
+              flush=True)
+        return (f"text-to-image openvino {precision}", _once(lambda: pipe(PROMPT, **call)), theirs_fp32)
+
+
 def _once(fn: Callable[[], object]) -> float:
     """One timed run, without warm-up."""
     start = time.perf_counter()
@@ -154,6 +171,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image side (latents are size/8)")
     parser.add_argument("--skip-pipeline", action="store_true", help="only the UNet and VAE benchmarks")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 rows of PyTorch and diffusers")
     parser.add_argument("--backend", default="torch", choices=("torch", "openvino"),
                         help="openvino adds our UNet forward in OpenVINO (fp32, bf16) against diffusers' fp32")
     args = parser.parse_args()
@@ -161,7 +179,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     dtypes = [torch.float32]
     usable, reason = bf16_usable()
-    if usable:
+    if usable and not args.no_bf16:
         dtypes.append(torch.bfloat16)
     ours = build_ours(args.size)
     with tempfile.TemporaryDirectory() as tmp:
