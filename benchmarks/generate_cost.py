@@ -43,7 +43,7 @@ from latent_diffusion.conditioning import ConditionerConfig, build_conditioner
 from latent_diffusion.config import load_text
 from latent_diffusion.diffusion.schedule import DiffusionConfig
 from latent_diffusion.hardware import describe_cpu
-from latent_diffusion.pipelines import DiffusionComponents, TextToImage, default_model_folder
+from latent_diffusion.pipelines import DiffusionComponents, SamplingOptions, TextToImage, default_model_folder
 from latent_diffusion.unet import UNet, UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,9 +113,10 @@ def configure(pipe: TextToImage, args: argparse.Namespace) -> None:
 
 def settings(pipe: TextToImage, args: argparse.Namespace, steps: int | None = None) -> dict:
     """The call's arguments: those given, the model's defaults for the rest (checked by the pipeline)."""
-    steps, sampler, guidance = pipe.check_sampling(args.steps if steps is None else steps, args.sampler,
-                                                   args.guidance, 0, 0.0, args.num_images)
-    return dict(num_images=args.num_images, steps=steps, sampler=sampler, guidance=guidance, progress=False)
+    options = pipe.resolve(SamplingOptions(num_images=args.num_images, steps=args.steps if steps is None else steps,
+                                           sampler=args.sampler, guidance=args.guidance))
+    return dict(num_images=options.num_images, steps=options.steps, sampler=options.sampler,
+                guidance=options.guidance, progress=False)
 
 
 def measure(cases: list[tuple[TextToImage, dict]], repeats: int) -> list[dict[str, float]]:

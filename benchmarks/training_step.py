@@ -11,7 +11,7 @@ units, threads) is printed above the table; on a CPU without bf16 units bf16 mod
 
     python benchmarks/training_step.py [--steps 5] [--modes fp32 bf16 bf16+cl bf16+compile]
         [--autoencoder-configs configs/emoji-styles-autoencoder.yaml ...]
-        [--diffusion-configs configs/emoji-styles-diffusion.yaml ...]
+        [--diffusion-configs configs/emoji-styles-diffusion.yaml ...] [--latent-cache RUN/cache]
 """
 
 from __future__ import annotations
@@ -93,11 +93,16 @@ def stage1_folder(config: DiffusionTrainingConfig, stage1_config: Path, work: Pa
     return folder
 
 
-def time_diffusion(config_path: Path, mode: str, steps: int, work: Path, stage1_config: Path) -> dict[str, float]:
-    """Stage 2 in one mode: s/step, share gathering the batch from the latent cache, warm-up seconds."""
+def time_diffusion(config_path: Path, mode: str, steps: int, work: Path, stage1_config: Path,
+                   cache_dir: Path | None = None) -> dict[str, float]:
+    """Stage 2 in one mode: s/step, share gathering the batch from the latent cache, warm-up seconds.
+    ``cache_dir``: an existing latent cache folder to read (e.g. a training run's ``cache/``)."""
     config = DiffusionTrainingConfig.load(config_path)
     autoencoder = stage1_folder(config, stage1_config, work)
-    config = config.with_overrides(mode_overrides(mode, work / f"unet-{mode}") + [f"autoencoder={autoencoder}"])
+    # One latent cache for every mode (its files are named by the autoencoder's digest and the data
+    # settings), so the pictures are encoded once, not once per mode.
+    config = config.with_overrides(mode_overrides(mode, work / f"unet-{mode}")
+                                   + [f"autoencoder={autoencoder}", f"cache_dir={cache_dir or work / 'latents'}"])
     trainer = DiffusionTrainer(config)
     compile_network(trainer, "unet", "+compile" in mode)
     waiting = 0.0
@@ -124,6 +129,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--autoencoder-configs", nargs="*", default=list(DEFAULT_AUTOENCODERS))
     parser.add_argument("--diffusion-configs", nargs="*", default=list(DEFAULT_DIFFUSION))
+    parser.add_argument("--latent-cache", type=Path, default=None, metavar="DIR",
+                        help="a latent cache folder to share (e.g. RUN/cache of a stage-2 run on the same data and "
+                             "autoencoder); default: one made in a temporary folder, encoded once for all modes")
     args = parser.parse_args()
     modes = list(args.modes)
     print(describe_cpu())
@@ -139,7 +147,7 @@ def main() -> None:
         for path in args.diffusion_configs:
             for mode in modes:
                 rows.append((path, mode, time_diffusion(ROOT / path, mode, args.steps, work,
-                                                        ROOT / DEFAULT_AUTOENCODERS[0])))
+                                                        ROOT / DEFAULT_AUTOENCODERS[0], args.latent_cache)))
     print(f"steps={args.steps} (after {WARMUP_STEPS} warm-up steps; warm-up includes compilation)")
     print(f"{'config':46s} {'mode':13s} {'s/step':>7s} {'data wait':>9s} {'warm-up s':>9s} {'vs fp32':>7s}")
     for path, mode, r in rows:

@@ -86,7 +86,7 @@ def test_pipeline_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch):
     pipe = TextToImage.from_pretrained(tiny_components())
     monkeypatch.setenv(budget.BUDGET_ENV, "0.0001")
     calls = []
-    monkeypatch.setattr(pipe, "_denoise", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(pipe, "_run", lambda *a, **k: calls.append(1))  # planning refuses, nothing runs
     with pytest.raises(ValueError, match="over this machine's 0.0 GiB budget"):
         pipe("a cat", steps=2)
     assert calls == []

@@ -306,7 +306,7 @@ def test_cli_img2img_and_inpaint_write_pngs_with_their_inputs(files: Path, capsy
 @pytest.mark.parametrize("args, match", [
     (["img2img", "--image", "missing.png"], "--image 'missing.png' does not exist"),
     (["img2img", "--image", "not-an-image.png"], "is not a readable image"),
-    (["img2img", "--image", "in.png", "--strength", "2"], "--strength 2.0 must be in"),
+    (["img2img", "--image", "in.png", "--strength", "2"], "strength=2.0 must lie in [0.0, 1.0]"),
     (["inpaint", "--image", "in.png", "--mask", "small-mask.png"], "mask is 8x8 but the image is 16x16"),
     (["inpaint", "--image", "in.png", "--mask", "grey-mask.png"], "mask is not binary"),
     (["inpaint", "--image", "in.png", "--mask", "mask.png", "--method", "concat"], "needs an inpainting model"),

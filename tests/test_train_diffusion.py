@@ -145,3 +145,13 @@ def test_a_batch_larger_than_the_dataset_is_refused_before_anything_is_written(w
     with pytest.raises(ValueError, match=r"fewer than one global batch \(64\); lower run.batch_size or optim.grad_accum"):
         DiffusionTrainer(config)
     assert not (workspace / "too-big").exists()  # no run folder, latent cache or TensorBoard file
+
+
+def test_runs_share_a_latent_cache_folder_and_encode_once(workspace: Path) -> None:
+    shared = workspace / "shared-cache"
+    first = DiffusionTrainer(make_config(workspace, "share-a").replace(cache_dir=str(shared)))
+    written = {p.name: p.stat().st_mtime_ns for p in shared.iterdir()}
+    assert any(name.startswith("latents-") for name in written) and not (workspace / "share-a" / "cache").exists()
+    second = DiffusionTrainer(make_config(workspace, "share-b", steps=2).replace(cache_dir=str(shared)))
+    assert {p.name: p.stat().st_mtime_ns for p in shared.iterdir()} == written  # read, not written again
+    assert torch.equal(first.latents.mean, second.latents.mean)

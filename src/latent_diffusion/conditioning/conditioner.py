@@ -195,7 +195,8 @@ class Conditioner(nn.Module):
         *,
         batch_size: int | None = None,
         concat: torch.Tensor | None = None,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        unconditional: bool = True,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """The conditional and unconditional UNet kwargs of a batch, what classifier-free guidance
         samples with (no gradients).
 
@@ -203,6 +204,9 @@ class Conditioner(nn.Module):
         class), or None / empty prompts for an unconditional model (``"none"``, which refuses
         anything else). ``negatives`` (one per item) replace the unconditional input. ``concat``,
         an image condition (masked image, low-resolution latents), goes to both.
+        ``unconditional=False``: no unconditional input is encoded and None returned for it, for a
+        sampler that will not ask for one (guidance scale 1; a consistency model, which embeds the
+        scale); the prompts' encoding is the same either way.
         """
         with torch.no_grad():
             if self.kind == "none":
@@ -212,9 +216,17 @@ class Conditioner(nn.Module):
             else:
                 key = "labels" if self.kind == "class" else "prompts"
                 cond = self(**{key: inputs}, batch_size=batch_size)
-                uncond = self.unconditional(len(inputs)) if negatives is None else self(**{key: negatives})
+                if not unconditional:
+                    uncond = None
+                elif negatives is None:
+                    uncond = self.unconditional(len(inputs))
+                else:
+                    uncond = self(**{key: negatives})
+        if not unconditional:
+            uncond = None
         if concat is not None:
-            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
+            cond = {**cond, "concat": concat}
+            uncond = None if uncond is None else {**uncond, "concat": concat}
         return cond, uncond
 
     def unconditional(self, batch_size: int) -> dict[str, torch.Tensor]:

@@ -52,6 +52,7 @@ def sample_latents(
     strength: float = 1.0,
     keep: torch.Tensor | None = None,
     precision: str = "fp32",
+    sigmas: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from seeded noise to latents (the UNet's latent space, i.e. scaled
     by the autoencoder's scale factor).
@@ -62,6 +63,8 @@ def sample_latents(
     (:class:`~latent_diffusion.sampling.masking.MaskedDenoiser`).
     ``precision``: ``fp32``, or ``bf16`` to run the UNet under bf16 autocast (the sampler's own
     arithmetic stays float32; :class:`AutocastDenoiser`).
+    ``sigmas``: the noise levels :func:`sampling_sigmas` gives for these arguments, when the caller
+    already computed them (a pipeline sizes its progress bar with them); None computes them here.
     A latent consistency model (``components.consistency``) is given ``guidance`` as an input of its
     UNet and called once per step (no unconditional pass); it needs the ``lcm`` sampler.
     """
@@ -69,7 +72,8 @@ def sample_latents(
     consistency = components.consistency
     if consistency is not None:
         check_consistency_call(components, sampler, steps, guidance, rescale)
-    sigmas = sampling_sigmas(components, steps, sampler, spacing, strength if init_latents is not None else 1.0)
+    if sigmas is None:
+        sigmas = sampling_sigmas(components, steps, sampler, spacing, strength if init_latents is not None else 1.0)
     check_positive("batch_size", batch_size)
     size = latent_size or components.latent_size
     unet = components.unet

@@ -9,7 +9,6 @@ subclassed per task; a task is a way of calling :func:`~latent_diffusion.model.r
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,16 +25,15 @@ from latent_diffusion.model.folder import load_components, model_hash
 from latent_diffusion.model.reverse_process import check_consistency_call, sample_latents, sampling_sigmas
 from latent_diffusion.pipelines.budget import check_memory
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, read_image
+from latent_diffusion.pipelines.options import MAX_SEED, SamplingOptions
 from latent_diffusion.pipelines.png import GenerationMetadata
+from latent_diffusion.pipelines.tasks import tasks_for
 from latent_diffusion.pixels import images_to_pil
-from latent_diffusion.sampling import SAMPLERS
-from latent_diffusion.validation import check_choice, check_in_range, check_integer, check_positive
+from latent_diffusion.validation import check_integer, check_positive
 
 DEFAULT_MODEL_NAME = "emoji-styles"
 DEFAULT_UPSCALER_NAME = "emoji-sr-x4"  # the default of Upscale / ``ldm upscale``
-MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
 DEFAULT_VAE_TILE = 64  # latents per tile side of enable_vae_tiling / --vae-tiling
-MAX_IMAGES = 10_000  # one batch; far beyond memory anyway, but catches a typo before any work
 
 
 def default_model_folder(name: str = DEFAULT_MODEL_NAME) -> Path:
@@ -81,26 +79,6 @@ def prompt_list(name: str, value: str | list[str]) -> list[str]:
 DEFAULT_SAMPLING = {"sampler": "dpmpp_2m", "steps": 25, "guidance": 5.0}
 
 
-def check_arguments(steps: int | None, sampler: str | None, guidance: float | None, seed: int,
-                    rescale: float = 0.0, num_images: int = 1, num_timesteps: int | None = None) -> None:
-    """Raise a ValueError naming the allowed values for a bad generation argument.
-
-    Needs no model, so the command line checks before loading one; ``num_timesteps`` (the
-    schedule's length, the most steps a sampler can take) is checked when known. None (steps,
-    sampler, guidance): the model's default, checked once the model is known.
-    """
-    if steps is not None:
-        check_integer("steps", steps, 1, num_timesteps)
-    if sampler is not None:
-        check_choice("sampler", sampler, sorted(SAMPLERS))
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
-                                 or not 0 <= guidance < math.inf):
-        raise ValueError(f"guidance={guidance!r} must be a finite number >= 0 (1 = no guidance)")
-    check_in_range("rescale", rescale, 0.0, 1.0)
-    check_integer("seed", seed, 0, MAX_SEED)
-    check_integer("num_images", num_images, 1, MAX_IMAGES)
-
-
 @dataclass
 class PromptBatch:
     """The prompts of one call and their negatives (None: the model's unconditional input),
@@ -129,6 +107,42 @@ class PromptBatch:
                 "negative_prompts": None if self.negatives is None else tuple(self.negatives)}
 
 
+@dataclass
+class PlannedCall:
+    """A task pipeline's call with every argument checked and nothing computed yet; :meth:`run`
+    does the work. ``options`` are resolved (the model's defaults filled in); ``sigmas`` are the noise
+    levels the call visits, so ``total_steps`` is what its progress reports count; ``inputs()``
+    makes the task's sampler inputs at run time (the encoded image, a mask, a ``concat`` image
+    condition); ``finish(images, interrupt)`` post-processes the decoded images; ``metadata`` are the
+    task's fields of :class:`GenerationMetadata`.
+
+    A server plans a request when it arrives (a bad one is refused before it queues) and runs it
+    on a worker; ``pipe(...)`` is ``pipe.plan(...).run(...)``.
+    """
+
+    pipeline: Pipeline
+    batch: PromptBatch
+    options: SamplingOptions
+    size: int
+    sigmas: torch.Tensor
+    strength: float = 1.0
+    inputs: Callable[[], dict[str, Any]] | None = None
+    finish: Callable[[torch.Tensor, Callable[[], None] | None], torch.Tensor] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        """The denoising steps the call runs (image tasks run only their strength's share)."""
+        return len(self.sigmas) - 1
+
+    def run(self, callback: Callable[[dict[str, Any]], None] | None = None,
+            interrupt: Callable[[], None] | None = None, progress: bool = True) -> GenerationResult:
+        """Generate: ``callback`` gets the sampler's per-step dict; ``interrupt()`` is called after
+        each step and before decoding and each decoded tile (raise there to stop: how ``ldm serve``
+        cancels); ``progress`` shows a tqdm bar over the denoising steps."""
+        return self.pipeline._run(self, callback, interrupt, progress)
+
+
 class WrongModelError(ValueError):
     """The model folder is fine but made for another task (e.g. an upscaler given to TextToImage)."""
 
@@ -145,9 +159,6 @@ class Pipeline:
     image_conditions: tuple[str, ...] = ("none",)
     # The shipped model ``from_pretrained(None)`` loads: ``models/<default_model>``.
     default_model: str = DEFAULT_MODEL_NAME
-    # Which pipeline to name when a model does not suit this one.
-    PIPELINE_FOR = {"none": "TextToImage / ImageToImage (ldm generate, ldm img2img)",
-                    "masked_image": "Inpaint (ldm inpaint)", "low_res": "Upscale (ldm upscale)"}
 
     def __init__(self, components: DiffusionComponents, model_hash: str | None = None,
                  precision: str = "fp32", backend: str = "torch") -> None:
@@ -156,7 +167,7 @@ class Pipeline:
         kind = components.image_condition
         if kind not in self.image_conditions:
             raise WrongModelError(f"{type(self).__name__} cannot use this model: it is conditioned on "
-                             f"image_condition={kind!r}; use {self.PIPELINE_FOR[kind]}")
+                             f"image_condition={kind!r}; use {tasks_for(kind)}")
         self.components = components.eval()
         self.model_hash = model_hash
         self.vae_tile: int | None = None
@@ -186,17 +197,13 @@ class Pipeline:
             return dict(DEFAULT_SAMPLING)
         return {"sampler": "lcm", "steps": consistency.steps, "guidance": consistency.guidance}
 
-    def check_sampling(self, steps: int | None, sampler: str | None, guidance: float | None, seed: int,
-                       rescale: float, num_images: int) -> tuple[int, str, float]:
-        """``(steps, sampler, guidance)`` with None replaced by :attr:`sampling_defaults`, every
-        argument checked against this model before any work."""
-        defaults = self.sampling_defaults
-        steps = defaults["steps"] if steps is None else steps
-        sampler = defaults["sampler"] if sampler is None else sampler
-        guidance = defaults["guidance"] if guidance is None else guidance
-        check_arguments(steps, sampler, guidance, seed, rescale, num_images, self.components.diffusion.num_timesteps)
-        check_consistency_call(self.components, sampler, steps, guidance, rescale)
-        return steps, sampler, guidance
+    def resolve(self, options: SamplingOptions) -> SamplingOptions:
+        """``options`` with the fields left None taken from :attr:`sampling_defaults`, checked against
+        this model (the schedule's length; a consistency model's sampler, steps and guidance)."""
+        options = options.with_defaults(self.sampling_defaults)
+        check_integer("steps", options.steps, 1, self.components.diffusion.num_timesteps)
+        check_consistency_call(self.components, options.sampler, options.steps, options.guidance, options.rescale)
+        return options
 
     def enable_vae_tiling(self, tile: int = DEFAULT_VAE_TILE) -> None:
         """Decode images larger than ``tile`` latents per side in overlapping, blended tiles
@@ -259,11 +266,6 @@ class Pipeline:
         return size
 
     # ---- stages -----------------------------------------------------------------------------
-    def conditions(self, prompts: list[str], negatives: list[str] | None) -> tuple[dict, dict]:
-        """Conditional and unconditional UNet kwargs for one prompt (and negative) per image
-        (class models read class names as prompts; an unconditional model only the empty one)."""
-        return self.components.conditioner.pair(prompts, negatives)
-
     def prepare_image(self, image: ImageInput, size: int | None, batch: int = 1) -> tuple[Any, torch.Tensor, int]:
         """The checked input (PIL or tensor), as a [1, C, size, size] tensor in [-1, 1], and its size.
 
@@ -287,48 +289,40 @@ class Pipeline:
                              "pass one, or one per prompt")
         return PromptBatch(prompts, negatives, num_images)
 
-    def _encode(self, batch: PromptBatch, timings: dict[str, float],
-                extra: Callable[[], torch.Tensor] | None = None) -> tuple[dict, dict]:
-        """Conditions of ``batch`` (timed as "encode"); ``extra()`` is an image condition (the
-        UNet's ``concat`` input) added to both the conditional and the unconditional kwargs."""
-        start = time.perf_counter()
-        cond, uncond = self.components.conditioner.pair(batch.items, batch.negative_items,
-                                                        concat=None if extra is None else extra())
-        timings["encode"] = time.perf_counter() - start
-        return cond, uncond
+    def _plan(self, batch: PromptBatch, options: SamplingOptions, size: int, *, strength: float | None = None,
+              inputs: Callable[[], dict[str, Any]] | None = None,
+              finish: Callable[[torch.Tensor, Callable[[], None] | None], torch.Tensor] | None = None,
+              **metadata: Any) -> PlannedCall:
+        """The :class:`PlannedCall` of a task: ``options`` resolved, the noise levels it visits (computed
+        once: the progress bar's length and the sampler's schedule), and the task's run-time parts.
+        ``strength``: None starts from noise; a number (image-to-image, inpainting) runs that share
+        of the schedule from the noised ``init_latents`` of ``inputs()`` and goes into the metadata."""
+        if strength is not None:
+            metadata["strength"] = float(strength)
+        strength = 1.0 if strength is None else float(strength)
+        sigmas = sampling_sigmas(self.components, options.steps, options.sampler, strength=strength)
+        return PlannedCall(self, batch, options, size, sigmas, strength, inputs, finish, metadata)
 
-    def _generate(self, batch: PromptBatch, cond: dict, uncond: dict, timings: dict[str, float], *,
-                  progress: bool, callback: Callable[[dict[str, Any]], None] | None, sampling: dict[str, Any],
-                  finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  interrupt: Callable[[], None] | None = None, **metadata: Any) -> GenerationResult:
-        """Denoise (``sampling``: :func:`sample_latents`' arguments), decode, ``finish`` the images
-        in [-1, 1] (e.g. blend kept pixels back), and describe each image in its metadata.
-        ``interrupt()`` runs after every denoising step and before decoding and each decoded tile:
-        an exception raised there (a server's cancellation) stops the call."""
-        start = time.perf_counter()
-        latents = self._denoise(cond, uncond, progress, callback, interrupt, batch_size=len(batch), **sampling)
-        timings["denoise"] = time.perf_counter() - start
-        start = time.perf_counter()
-        images = self._decode(latents, interrupt)
-        if finish is not None:
-            images = finish(images)
-        timings["decode"] = time.perf_counter() - start
-        described = self._metadata(len(batch), **batch.metadata_fields(), seed=sampling["seed"],
-                                   sampler=sampling["sampler"], steps=sampling["steps"],
-                                   guidance=float(sampling["guidance"]), rescale=float(sampling["rescale"]),
-                                   **metadata)
-        return GenerationResult(images_to_pil(images), described, latents, timings)
-
-    def _denoise(self, cond: dict, uncond: dict, progress: bool, callback: Callable[[dict[str, Any]], None] | None,
-                 interrupt: Callable[[], None] | None = None, **sample_args: Any) -> torch.Tensor:
-        """:func:`sample_latents` with a tqdm bar advanced by the sampler's once-per-step callback."""
+    def _run(self, call: PlannedCall, callback: Callable[[dict[str, Any]], None] | None,
+             interrupt: Callable[[], None] | None, progress: bool) -> GenerationResult:
+        """Encode (the task's image inputs and the prompts), denoise, decode, ``finish`` the images in
+        [-1, 1] (e.g. blend kept pixels back), and describe each image in its metadata.
+        ``interrupt()`` runs after every denoising step and before decoding and each decoded tile: an
+        exception raised there (a server's cancellation) stops the call."""
         from tqdm.auto import tqdm
 
-        image_to_image = sample_args.get("init_latents") is not None
-        strength = sample_args.get("strength", 1.0) if image_to_image else 1.0
-        total = len(sampling_sigmas(self.components, sample_args["steps"], sample_args["sampler"],
-                                    strength=strength)) - 1
-        with tqdm(total=total, desc="denoising", unit="step", disable=not progress) as bar:
+        batch, options, timings = call.batch, call.options, {}
+        start = time.perf_counter()
+        inputs = call.inputs() if call.inputs is not None else {}
+        concat = inputs.pop("concat", None)
+        # Guidance scale 1 and consistency models (which embed the scale) never call the unconditional
+        # branch, so its prompts are not encoded.
+        guided = self.components.consistency is None and options.guidance != 1.0
+        cond, uncond = self.components.conditioner.pair(batch.items, batch.negative_items, concat=concat,
+                                                        unconditional=guided)
+        timings["encode"] = time.perf_counter() - start  # the image inputs' encoding and the prompts'
+        start = time.perf_counter()
+        with tqdm(total=call.total_steps, desc="denoising", unit="step", disable=not progress) as bar:
             def on_step(info: dict[str, Any]) -> None:
                 bar.update(1)
                 if callback is not None:
@@ -336,8 +330,22 @@ class Pipeline:
                 if interrupt is not None:
                     interrupt()
 
-            return sample_latents(self.backend.for_sampling(self.precision), cond, uncond, callback=on_step,
-                                  precision=self._autocast_precision, **sample_args)
+            latents = sample_latents(
+                self.backend.for_sampling(self.precision), cond, uncond, callback=on_step,
+                precision=self._autocast_precision, batch_size=len(batch), seed=options.seed, steps=options.steps,
+                sampler=options.sampler, guidance=options.guidance, rescale=options.rescale,
+                latent_size=call.size // self.components.autoencoder.downsampling_factor,
+                strength=call.strength, sigmas=call.sigmas, **inputs)
+        timings["denoise"] = time.perf_counter() - start
+        start = time.perf_counter()
+        images = self._decode(latents, interrupt)
+        if call.finish is not None:
+            images = call.finish(images, interrupt)
+        timings["decode"] = time.perf_counter() - start
+        described = self._metadata(len(batch), **batch.metadata_fields(), seed=options.seed, sampler=options.sampler,
+                                   steps=options.steps, guidance=float(options.guidance),
+                                   rescale=float(options.rescale), size=call.size, **call.metadata)
+        return GenerationResult(images_to_pil(images), described, latents, timings)
 
     @property
     def _autocast_precision(self) -> str:
@@ -364,5 +372,5 @@ class Pipeline:
         return images
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_SAMPLING", "DEFAULT_UPSCALER_NAME", "GenerationResult", "Pipeline", "PromptBatch",
-           "WrongModelError", "check_arguments", "default_model_folder", "prompt_list"]
+__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_SAMPLING", "DEFAULT_UPSCALER_NAME", "MAX_SEED", "GenerationResult", "Pipeline",
+           "PlannedCall", "PromptBatch", "SamplingOptions", "WrongModelError", "default_model_folder", "prompt_list"]

@@ -23,6 +23,8 @@ from latent_diffusion.backends import BACKENDS
 from latent_diffusion.cli import UsageError
 from latent_diffusion.hardware import PRECISIONS
 from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME, DEFAULT_UPSCALER_NAME
+from latent_diffusion.pipelines.options import SamplingOptions
+from latent_diffusion.pipelines.tasks import TASKS, Task
 from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
 from latent_diffusion.sampling import SAMPLERS
 
@@ -30,27 +32,29 @@ DEFAULT_STEM = "ldm-{seed}"
 
 
 def register(subparsers: Any) -> None:
-    """Add ``ldm generate``, ``ldm img2img`` and ``ldm inpaint`` to the ``ldm`` parser."""
-    parser = subparsers.add_parser("generate", help="generate images from a text prompt",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Add a command per task of the task table (``ldm generate``, ``img2img``, ``inpaint``, ``upscale``)."""
+    def add(name: str) -> argparse.ArgumentParser:
+        task = TASKS[name]
+        parser = subparsers.add_parser(task.command, help=task.summary, description=__doc__,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.set_defaults(func=run_task, task=name)
+        return parser
+
+    parser = add("txt2img")
     parser.add_argument("prompt", nargs="?", default=None,
                         help='the text prompt ("" for an unconditional image)')
     parser.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                         help="the class to draw, for class-conditional models (instead of PROMPT)")
     _add_common_arguments(parser)
-    parser.set_defaults(func=run_generate)
 
-    parser = subparsers.add_parser("img2img", help="re-draw an image following a prompt (SDEdit)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add("img2img")
     parser.add_argument("--image", type=Path, required=True, metavar="IN", help="the input image (square)")
     parser.add_argument("--prompt", default="", help='the text prompt (default "")')
     parser.add_argument("--strength", type=float, default=0.75,
                         help="how much to change, 0 (keep) to 1 (redraw); default 0.75")
     _add_common_arguments(parser)
-    parser.set_defaults(func=run_img2img)
 
-    parser = subparsers.add_parser("inpaint", help="repaint the white region of a mask following a prompt",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add("inpaint")
     parser.add_argument("--image", type=Path, required=True, metavar="IN", help="the input image (square)")
     parser.add_argument("--mask", type=Path, required=True, metavar="MASK",
                         help="black-and-white mask of the image's size: white = repaint, black = keep")
@@ -60,18 +64,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--method", default="auto", choices=("auto", "masked", "concat"),
                         help="masked: any model; concat: an inpainting model; auto picks (default)")
     _add_common_arguments(parser)
-    parser.set_defaults(func=run_inpaint)
 
-    parser = subparsers.add_parser("upscale", help="upscale an image with a super-resolution model",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = add("upscale")
     parser.add_argument("image", type=Path, metavar="IN", help="the low-resolution input image (square)")
     parser.add_argument("--prompt", default="", help='the text prompt, for text-conditioned upscalers (default "")')
-    parser.add_argument("--back-projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
+    parser.add_argument("--back-projection", dest="back_projection", type=int, default=DEFAULT_BACK_PROJECTION, metavar="N",
                         help="rounds pulling the output onto the input so that downscaling it gives the input "
                              f"back (0 = off; default {DEFAULT_BACK_PROJECTION})")
     _add_common_arguments(parser, guidance=1.0, size=False, model_help="a super-resolution model folder "
                           f"(image_condition low_res; default: the shipped models/{DEFAULT_UPSCALER_NAME})")
-    parser.set_defaults(func=run_upscale)
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0, size: bool = True,
@@ -185,98 +186,53 @@ def grid_image(images: list[Any]) -> Any:
     return Image.fromarray(grid if grid.shape[-1] == 3 else grid[..., 0])
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    """Check everything, generate, write the PNGs atomically, print where they are."""
-    from latent_diffusion.pipelines.text_to_image import check_arguments
+def sampling_options(args: argparse.Namespace) -> SamplingOptions:
+    """The command line's sampling arguments as one checked :class:`SamplingOptions` (a bad one is
+    reported before any model is loaded)."""
+    return SamplingOptions(num_images=args.num_images, steps=args.steps, sampler=args.sampler,
+                           guidance=args.guidance, negative_prompt=args.negative, seed=args.seed,
+                           size=getattr(args, "size", None), rescale=args.rescale)
 
-    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
+
+def run_task(args: argparse.Namespace) -> int:
+    """Any task of the table: check the arguments and the input files, load the task's pipeline,
+    plan the call (the task's own checks, before any denoising), run it, write the PNGs atomically."""
+    task: Task = TASKS[args.task]
+    options = sampling_options(args)
+    prompt = _prompt(args, task)
+    images = []
+    for name in task.images:
+        path = getattr(args, name)
+        if not path.is_file():
+            flag = "IN" if task.name == "upscale" else f"--{name}"
+            raise UsageError(f"{flag} {str(path)!r} does not exist or is not a file; check the path")
+        images.append(str(path))
+    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
+    pipe = load_pipeline(args.model, args.device, task.pipeline(), precision=args.precision, backend=args.backend)
+    if task.name == "txt2img" and args.class_name is not None and pipe.components.conditioner.kind != "class":
+        raise UsageError(f"--class needs a class-conditional model; this one is conditioned on "
+                         f"{pipe.components.conditioner.kind!r}: pass the text as PROMPT instead")
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    result = _reporting_warnings(args.command, lambda: pipe.plan(*images, prompt, options, **task.arguments_of(args))
+                                 .run(progress=not args.no_progress))
+    return write_results(result, paths, args.grid)
+
+
+def _prompt(args: argparse.Namespace, task: Task) -> str:
+    if task.name != "txt2img":
+        return args.prompt
     if (args.prompt is None) == (args.class_name is None):
         raise UsageError("give either a PROMPT or --class NAME (for a class-conditional model), not both "
                          'and not neither; use "" for an unconditional image')
-    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, precision=args.precision, backend=args.backend)
-    if args.class_name is not None and pipe.components.conditioner.kind != "class":
-        raise UsageError(f"--class needs a class-conditional model; this one is conditioned on "
-                         f"{pipe.components.conditioner.kind!r}: pass the text as PROMPT instead")
-    prompt = args.prompt if args.class_name is None else args.class_name
-    result = _call_reporting_warnings(args.command, pipe, prompt, **_sampling_kwargs(args))
-    return write_results(result, paths, args.grid)
+    return args.prompt if args.class_name is None else args.class_name
 
 
-def run_img2img(args: argparse.Namespace) -> int:
-    """``ldm img2img``: like ``ldm generate``, starting from ``--image``."""
-    from latent_diffusion.pipelines.image_to_image import ImageToImage
-    from latent_diffusion.pipelines.text_to_image import check_arguments
-
-    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
-    _check_strength(args.strength)
-    _check_input_file("--image", args.image)
-    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, ImageToImage, precision=args.precision, backend=args.backend)
-    result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt, strength=args.strength,
-                                      **_sampling_kwargs(args))
-    return write_results(result, paths, args.grid)
-
-
-def run_inpaint(args: argparse.Namespace) -> int:
-    """``ldm inpaint``: fill the white region of ``--mask`` in ``--image``."""
-    from latent_diffusion.pipelines.inpaint import Inpaint
-    from latent_diffusion.pipelines.text_to_image import check_arguments
-
-    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
-    _check_strength(args.strength)
-    _check_input_file("--image", args.image)
-    _check_input_file("--mask", args.mask)
-    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, Inpaint, precision=args.precision, backend=args.backend)
-    result = _call_reporting_warnings(args.command, pipe, str(args.image), str(args.mask), args.prompt,
-                                      strength=args.strength, method=args.method, **_sampling_kwargs(args))
-    return write_results(result, paths, args.grid)
-
-
-def run_upscale(args: argparse.Namespace) -> int:
-    """``ldm upscale IN``: a super-resolution model's output for the image IN."""
-    from latent_diffusion.pipelines.text_to_image import check_arguments
-    from latent_diffusion.pipelines.upscale import Upscale, check_back_projection
-
-    check_arguments(args.steps, args.sampler, args.guidance, args.seed, args.rescale, args.num_images)
-    check_back_projection(args.back_projection)
-    _check_input_file("IN", args.image)
-    paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, Upscale, precision=args.precision, backend=args.backend)
-    result = _call_reporting_warnings(args.command, pipe, str(args.image), args.prompt,
-                                      back_projection=args.back_projection, **_sampling_kwargs(args))
-    return write_results(result, paths, args.grid)
-
-
-def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs = dict(num_images=args.num_images, negative_prompt=args.negative, seed=args.seed, rescale=args.rescale,
-                  progress=not args.no_progress, vae_tiling=args.vae_tiling)
-    # Left out when not given, so the pipeline applies the model's (or the task's) own default.
-    kwargs.update({name: getattr(args, name) for name in ("steps", "sampler", "guidance")
-                   if getattr(args, name) is not None})
-    if hasattr(args, "size"):
-        kwargs["size"] = args.size
-    return kwargs
-
-
-def _check_strength(strength: float) -> None:
-    if not 0.0 <= strength <= 1.0:
-        raise UsageError(f"--strength {strength!r} must be in [0, 1] (0 keeps the image, 1 redraws it)")
-
-
-def _check_input_file(flag: str, path: Path) -> None:
-    if not path.is_file():
-        raise UsageError(f"{flag} {str(path)!r} does not exist or is not a file; check the path")
-
-
-def _call_reporting_warnings(command: str, pipe: Any, *args: Any, vae_tiling: bool = False, **kwargs: Any) -> Any:
-    """Call the pipeline; print each warning it raised once, as one line."""
-    if vae_tiling:
-        pipe.enable_vae_tiling()
+def _reporting_warnings(command: str, work: Any) -> Any:
+    """``work()``; print each warning it raised once, as one line."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = pipe(*args, **kwargs)
+        result = work()
     for message in dict.fromkeys(_one_line(w.message) for w in caught):  # each once, in order
         print(f"ldm {command}: warning: {message}", file=sys.stderr)
     return result
@@ -312,5 +268,4 @@ def _grid_metadata(first: Any) -> Any:
     return replace(first, index=None)
 
 
-__all__ = ["grid_image", "load_pipeline", "output_paths", "register", "run_generate", "run_img2img", "run_inpaint",
-           "run_upscale", "write_results"]
+__all__ = ["grid_image", "load_pipeline", "output_paths", "register", "run_task", "sampling_options", "write_results"]

@@ -21,7 +21,6 @@ the input's pixel exactly (at the model's size: the input is resized when it dif
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,8 +28,9 @@ import torch
 
 from latent_diffusion.conditioning.image import masked_image_condition
 from latent_diffusion.model.components import encode_images
-from latent_diffusion.pipelines.base import GenerationResult, Pipeline
+from latent_diffusion.pipelines.base import GenerationResult, Pipeline, PlannedCall
 from latent_diffusion.pipelines.images import ImageInput, input_hash, read_mask, resize_mask
+from latent_diffusion.pipelines.options import SamplingOptions
 from latent_diffusion.sampling import latent_keep_mask
 from latent_diffusion.validation import check_choice, check_in_range
 
@@ -60,25 +60,11 @@ class Inpaint(Pipeline):
                              f"image_condition={self.components.image_condition!r}: use method='concat'")
         return method
 
-    def __call__(
-        self,
-        image: ImageInput,
-        mask: ImageInput,
-        prompt: str | list[str],
-        strength: float = 1.0,
-        num_images: int = 1,
-        steps: int | None = None,
-        sampler: str | None = None,
-        guidance: float | None = None,
-        negative_prompt: str | list[str] | None = None,
-        seed: int = 0,
-        size: int | None = None,
-        rescale: float = 0.0,
-        method: str = "auto",
-        callback: Callable[[dict[str, Any]], None] | None = None,
-        interrupt: Callable[[], None] | None = None,
-        progress: bool = True,
-    ) -> GenerationResult:
+    def __call__(self, image: ImageInput, mask: ImageInput, prompt: str | list[str], strength: float = 1.0,
+                 method: str = "auto", options: SamplingOptions | None = None, *,
+                 callback: Callable[[dict[str, Any]], None] | None = None,
+                 interrupt: Callable[[], None] | None = None, progress: bool = True,
+                 **sampling: Any) -> GenerationResult:
         """Make ``num_images`` fills per prompt (prompt-major order).
 
         ``mask``: white (255; 1 for a tensor) = repaint, black = keep, nothing else, the image's
@@ -86,38 +72,35 @@ class Inpaint(Pipeline):
         ``method``: "auto" (concat for an inpainting model, else masked), "masked" or "concat".
         Other arguments are those of :class:`~latent_diffusion.pipelines.text_to_image.TextToImage`.
         """
+        options = SamplingOptions.merge(options, **sampling)
+        return self.plan(image, mask, prompt, options, strength=strength, method=method).run(callback, interrupt,
+                                                                                             progress)
+
+    def plan(self, image: ImageInput, mask: ImageInput, prompt: str | list[str],
+             options: SamplingOptions | None = None, strength: float = 1.0, method: str = "auto") -> PlannedCall:
+        """The checked call (see :class:`PlannedCall`); ``pipe(...)`` is ``pipe.plan(...).run(...)``."""
         method = self.resolve_method(method)
         check_in_range("strength", strength, 0.0, 1.0)
-        steps, sampler, guidance = self.check_sampling(steps, sampler, guidance, seed, rescale, num_images)
-        batch = self.prompt_batch(prompt, negative_prompt, num_images)
-        picture, pixels, size = self.prepare_image(image, size, len(batch))
+        options = self.resolve(options or SamplingOptions())
+        batch = self.prompt_batch(prompt, options.negative_prompt, options.num_images)
+        picture, pixels, size = self.prepare_image(image, options.size, len(batch))
         hole = resize_mask(read_mask(mask, picture), size)
         count = len(batch)
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        init = encode_images(self.components, pixels).float().cpu()
 
-        def concat_condition() -> torch.Tensor:
-            concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
-            return concat.expand(count, -1, -1, -1)
+        def inputs() -> dict[str, Any]:
+            init = encode_images(self.components, pixels).float().cpu().expand(count, -1, -1, -1)
+            if method == "concat":
+                concat = masked_image_condition(self.components.autoencoder, pixels, hole).float().cpu()
+                return {"init_latents": init, "concat": concat.expand(count, -1, -1, -1)}
+            keep = latent_keep_mask(hole, self.components.autoencoder.downsampling_factor)
+            return {"init_latents": init, "keep": keep.expand(count, -1, -1, -1)}
 
-        keep = None
-        if method == "masked":
-            keep = latent_keep_mask(hole, self.components.autoencoder.downsampling_factor).expand(count, -1, -1, -1)
-        cond, uncond = self._encode(batch, timings, concat_condition if method == "concat" else None)
-        timings["encode"] = time.perf_counter() - start  # the image's encoding and the prompts'
-        sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
-                        latent_size=init.shape[-1], init_latents=init.expand(count, -1, -1, -1),
-                        strength=float(strength), keep=keep)
-
-        def blend(decoded: torch.Tensor) -> torch.Tensor:
+        def blend(decoded: torch.Tensor, interrupt: Callable[[], None] | None) -> torch.Tensor:
             # Kept pixels are the input's: the decoder only ever contributes inside the hole.
             return hole * decoded + (1 - hole) * pixels.to(decoded.dtype)
 
-        return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
-                              interrupt=interrupt,
-                              sampling=sampling, finish=blend, size=size, task=f"inpaint-{method}",
-                              strength=float(strength), image_hash=input_hash(image), mask_hash=input_hash(mask))
+        return self._plan(batch, options, size, strength=strength, inputs=inputs, finish=blend,
+                          task=f"inpaint-{method}", image_hash=input_hash(image), mask_hash=input_hash(mask))
 
 
 __all__ = ["METHODS", "Inpaint"]

@@ -22,51 +22,35 @@ from latent_diffusion.pipelines.base import (
     DEFAULT_MODEL_NAME,
     GenerationResult,
     Pipeline,
-    check_arguments,
+    PlannedCall,
     default_model_folder,
 )
+from latent_diffusion.pipelines.options import SamplingOptions
 
 
 class TextToImage(Pipeline):
     """Generate images from prompts with a :class:`DiffusionComponents` model (any conditioner
     kind; see :class:`~latent_diffusion.pipelines.base.Pipeline`)."""
 
-    def __call__(
-        self,
-        prompt: str | list[str],
-        num_images: int = 1,
-        steps: int | None = None,
-        sampler: str | None = None,
-        guidance: float | None = None,
-        negative_prompt: str | list[str] | None = None,
-        seed: int = 0,
-        size: int | None = None,
-        rescale: float = 0.0,
-        callback: Callable[[dict[str, Any]], None] | None = None,
-        interrupt: Callable[[], None] | None = None,
-        progress: bool = True,
-    ) -> GenerationResult:
+    def __call__(self, prompt: str | list[str], options: SamplingOptions | None = None, *,
+                 callback: Callable[[dict[str, Any]], None] | None = None,
+                 interrupt: Callable[[], None] | None = None, progress: bool = True,
+                 **sampling: Any) -> GenerationResult:
         """Make ``num_images`` images per prompt (prompt-major order) from seeded noise.
 
-        ``steps``, ``sampler`` and ``guidance`` (the classifier-free guidance scale, 1: conditional
-        model only) default to the model's own (:attr:`sampling_defaults`: dpmpp_2m, 25 steps,
-        guidance 5; a latent consistency model's folder names its lcm steps and guidance);
-        ``negative_prompt`` (one, or one per prompt) replaces the unconditional input;
-        ``rescale`` is guidance rescale (Lin et al. 2023); ``size`` the image side (None: the
-        model's native size); ``callback`` gets the sampler's per-step dict; ``interrupt()`` is
-        called after each step and before decoding and each decoded tile (raise there to stop: how
-        ``ldm serve`` cancels); ``progress`` shows a tqdm bar over the denoising steps.
+        The sampling arguments (``num_images``, ``steps``, ``sampler``, ``guidance``,
+        ``negative_prompt``, ``seed``, ``size``, ``rescale``) are the fields of
+        :class:`~latent_diffusion.pipelines.options.SamplingOptions`, given as ``options`` or as
+        keywords (which override ``options``); None takes the model's own (:attr:`sampling_defaults`).
+        ``callback``, ``interrupt`` and ``progress``: :meth:`PlannedCall.run`.
         """
-        steps, sampler, guidance = self.check_sampling(steps, sampler, guidance, seed, rescale, num_images)
-        batch = self.prompt_batch(prompt, negative_prompt, num_images)
-        size = self.check_size(size, len(batch))
-        timings: dict[str, float] = {}
-        cond, uncond = self._encode(batch, timings)
-        sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
-                        latent_size=size // self.components.autoencoder.downsampling_factor)
-        return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
-                              interrupt=interrupt,
-                              sampling=sampling, size=size)
+        return self.plan(prompt, SamplingOptions.merge(options, **sampling)).run(callback, interrupt, progress)
+
+    def plan(self, prompt: str | list[str], options: SamplingOptions | None = None) -> PlannedCall:
+        """The checked call (see :class:`PlannedCall`); ``pipe(...)`` is ``pipe.plan(...).run(...)``."""
+        options = self.resolve(options or SamplingOptions())
+        batch = self.prompt_batch(prompt, options.negative_prompt, options.num_images)
+        return self._plan(batch, options, self.check_size(options.size, len(batch)))
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "GenerationResult", "TextToImage", "check_arguments", "default_model_folder"]
+__all__ = ["DEFAULT_MODEL_NAME", "GenerationResult", "SamplingOptions", "TextToImage", "default_model_folder"]

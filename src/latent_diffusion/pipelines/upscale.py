@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from latent_diffusion.conditioning.image import back_project, low_res_condition
-from latent_diffusion.pipelines.base import DEFAULT_UPSCALER_NAME, GenerationResult, Pipeline, check_arguments
+from latent_diffusion.pipelines.base import DEFAULT_SAMPLING, DEFAULT_UPSCALER_NAME, GenerationResult, Pipeline, PlannedCall
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, input_hash, read_image
+from latent_diffusion.pipelines.options import SamplingOptions
 from latent_diffusion.validation import check_integer
 
 # Three rounds: benchmarks/image_tasks.py --tasks sr (128 validation pictures) puts the emoji-64
@@ -51,54 +52,50 @@ class Upscale(Pipeline):
         """How many times larger the output side is than the input side."""
         return self.components.low_res_factor
 
-    def __call__(
-        self,
-        image: ImageInput,
-        prompt: str | list[str] = "",
-        num_images: int = 1,
-        steps: int = 25,
-        sampler: str = "dpmpp_2m",
-        guidance: float = 1.0,
-        negative_prompt: str | list[str] | None = None,
-        seed: int = 0,
-        rescale: float = 0.0,
-        callback: Callable[[dict[str, Any]], None] | None = None,
-        interrupt: Callable[[], None] | None = None,
-        progress: bool = True,
-        back_projection: int = DEFAULT_BACK_PROJECTION,
-    ) -> GenerationResult:
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """dpmpp_2m, 25 steps, and guidance 1 (off): an upscaler is mostly trained without text."""
+        return {**DEFAULT_SAMPLING, "guidance": 1.0}
+
+    def __call__(self, image: ImageInput, prompt: str | list[str] = "", back_projection: int = DEFAULT_BACK_PROJECTION,
+                 options: SamplingOptions | None = None, *, callback: Callable[[dict[str, Any]], None] | None = None,
+                 interrupt: Callable[[], None] | None = None, progress: bool = True,
+                 **sampling: Any) -> GenerationResult:
         """Make ``num_images`` upscalings of ``image`` per prompt; the output side is ``factor``
         times the input's (which must make a size the model can produce). ``back_projection``
-        rounds pull each output onto the input (0: off; see the module docstring)."""
-        check_arguments(steps, sampler, guidance, seed, rescale, num_images,
-                        self.components.diffusion.num_timesteps)
+        rounds pull each output onto the input (0: off; see the module docstring). The sampling
+        arguments are those of :class:`~latent_diffusion.pipelines.text_to_image.TextToImage`,
+        except ``size``, which follows from the input."""
+        options = SamplingOptions.merge(options, **sampling)
+        return self.plan(image, prompt, options, back_projection=back_projection).run(callback, interrupt, progress)
+
+    def plan(self, image: ImageInput, prompt: str | list[str] = "", options: SamplingOptions | None = None,
+             back_projection: int = DEFAULT_BACK_PROJECTION) -> PlannedCall:
+        """The checked call (see :class:`PlannedCall`); ``pipe(...)`` is ``pipe.plan(...).run(...)``."""
+        options = self.resolve(options or SamplingOptions())
         check_back_projection(back_projection)
-        batch = self.prompt_batch(prompt, negative_prompt, num_images)
+        batch = self.prompt_batch(prompt, options.negative_prompt, options.num_images)
         picture = read_image(image, self.components.autoencoder.config.out_channels)
         check_square(picture)
         side = picture.shape[-1] if hasattr(picture, "shape") else picture.size[0]
+        if options.size is not None and options.size != side * self.factor:
+            raise ValueError(f"size={options.size}: an upscaler's output side follows from the input "
+                             f"({side} x {self.factor} = {side * self.factor}); leave size unset")
         try:
             size = self.check_size(side * self.factor, len(batch))
         except ValueError as err:
             raise ValueError(f"a {side}x{side} input cannot be upscaled x{self.factor} by this model: {err}") from err
         latent_size = size // self.components.autoencoder.downsampling_factor
-        timings: dict[str, float] = {}
-
         small = image_to_tensor(picture, side)
 
-        def low_res() -> torch.Tensor:
-            return low_res_condition(small, latent_size).expand(len(batch), -1, -1, -1)
+        def inputs() -> dict[str, Any]:
+            return {"concat": low_res_condition(small, latent_size).expand(len(batch), -1, -1, -1)}
 
-        def finish(images: torch.Tensor) -> torch.Tensor:
+        def finish(images: torch.Tensor, interrupt: Callable[[], None] | None) -> torch.Tensor:
             return back_project(images, small.to(images), back_projection, interrupt)
 
-        cond, uncond = self._encode(batch, timings, low_res)
-        sampling = dict(seed=seed, steps=steps, sampler=sampler, guidance=guidance, rescale=rescale,
-                        latent_size=latent_size)
-        return self._generate(batch, cond, uncond, timings, progress=progress, callback=callback,
-                              interrupt=interrupt,
-                              sampling=sampling, finish=finish, size=size, task="upscale",
-                              image_hash=input_hash(image), back_projection=back_projection)
+        return self._plan(batch, options, size, inputs=inputs, finish=finish, task="upscale",
+                          image_hash=input_hash(image), back_projection=back_projection)
 
 
 __all__ = ["DEFAULT_BACK_PROJECTION", "Upscale", "check_back_projection"]

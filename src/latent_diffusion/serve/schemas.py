@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from latent_diffusion.pipelines.base import MAX_SEED
+from latent_diffusion.pipelines.inpaint import METHODS
+from latent_diffusion.pipelines.options import MAX_SEED
+from latent_diffusion.pipelines.tasks import TASKS as TASK_TABLE
 from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
 from latent_diffusion.sampling import SAMPLERS
 
@@ -21,7 +23,7 @@ MAX_STEPS = 1000  # a schedule's length; servers cap lower (ServeSettings.max_st
 MAX_IMAGES = 16
 MAX_PROMPT_CHARS = 2000
 Sampler = Literal[tuple(sorted(SAMPLERS))]  # type: ignore[valid-type]
-TASKS = ("txt2img", "img2img", "inpaint", "upscale")
+TASKS = tuple(TASK_TABLE)  # txt2img, img2img, inpaint, upscale
 
 
 class _Request(BaseModel):
@@ -63,6 +65,8 @@ class InpaintRequest(_Request):
                                        "nothing else")
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="the text prompt")
     strength: float = Field(1.0, ge=0.0, le=1.0, description="1 fills the hole from noise; lower keeps some of it")
+    method: Literal[METHODS] = Field("auto", description="masked: any model; concat: an inpainting model; "  # type: ignore[valid-type]
+                                                         "auto picks from the model")
 
 
 class UpscaleRequest(_Request):

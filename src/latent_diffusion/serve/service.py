@@ -18,19 +18,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from latent_diffusion.model.reverse_process import sampling_sigmas
 from latent_diffusion.pipelines.base import GenerationResult, Pipeline
-from latent_diffusion.pipelines.images import check_square, read_mask, to_model_mode
+from latent_diffusion.pipelines.images import to_model_mode
+from latent_diffusion.pipelines.options import SamplingOptions
 from latent_diffusion.pipelines.png import png_bytes
+from latent_diffusion.pipelines.tasks import TASKS
 from latent_diffusion.serve.jobs import Job
-from latent_diffusion.serve.schemas import (
-    GeneratedImage,
-    GenerationResponse,
-    Img2ImgRequest,
-    InpaintRequest,
-    Txt2ImgRequest,
-    UpscaleRequest,
-)
+from latent_diffusion.serve.schemas import GeneratedImage, GenerationResponse
 
 RANDOM_SEED_BOUND = 2**32  # random seeds stay exact in JavaScript numbers (53-bit)
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
@@ -190,72 +184,38 @@ class Generator:
                                "(an upscaling model folder) to turn it on", status=409)
         return pipe
 
-    def _check_common(self, request: Any, pipe: Pipeline, limits: Limits) -> tuple[int, dict[str, Any]]:
-        """The seed and the sampling arguments (the model's defaults where the request has null)."""
+    def prepare(self, task: str, request: Any, limits: Limits) -> PreparedJob:
+        """Check ``request`` for ``task`` within ``limits`` (the server's) and return the job to
+        queue; RequestError on bad input. The pipeline plans the call here (every argument, the
+        uploads' sizes and the mask checked once, the model's defaults filled in), so the worker
+        only runs it."""
+        pipe = self._pipeline(task)
         if request.num_images > limits.max_images:
             raise RequestError(f"num_images={request.num_images} is more than this server allows "
                                f"({limits.max_images} per request)")
         seed = request.seed if request.seed is not None else secrets.randbelow(RANDOM_SEED_BOUND)
+        channels = pipe.components.autoencoder.config.out_channels
+        # The input image in the model's mode (a mask is read as it is: black and white).
+        images = [to_model_mode(decode_image(getattr(request, name), name, limits.max_input_side), channels)
+                  if name == "image" else decode_image(getattr(request, name), name, limits.max_input_side)
+                  for name in TASKS[task].images]
         try:
-            steps, sampler, guidance = pipe.check_sampling(request.steps, request.sampler, request.guidance, seed,
-                                                           request.rescale, request.num_images)
+            options = SamplingOptions(num_images=request.num_images, steps=request.steps, sampler=request.sampler,
+                                      guidance=request.guidance, negative_prompt=request.negative_prompt,
+                                      seed=seed, rescale=request.rescale)
+            call = pipe.plan(*images, request.prompt, options, **TASKS[task].arguments_of(request))
         except ValueError as err:
             raise RequestError(str(err)) from err
-        if steps > limits.max_steps:
-            raise RequestError(f"steps={steps} is more than this server allows ({limits.max_steps})")
-        return seed, {"steps": steps, "sampler": sampler, "guidance": guidance}
-
-    def _input_image(self, request: Any, pipe: Pipeline, limits: Limits) -> Any:
-        image = decode_image(request.image, "image", limits.max_input_side)
-        picture = to_model_mode(image, pipe.components.autoencoder.config.out_channels)
-        try:
-            check_square(picture)
-        except ValueError as err:
-            raise RequestError(str(err)) from err
-        return picture
-
-    def prepare(self, task: str, request: Any, limits: Limits) -> PreparedJob:
-        """Check ``request`` for ``task`` within ``limits`` (the server's) and return the job to
-        queue; RequestError on bad input."""
-        pipe = self._pipeline(task)
-        seed, sampling = self._check_common(request, pipe, limits)
-        common = dict(num_images=request.num_images, **sampling, negative_prompt=request.negative_prompt, seed=seed,
-                      rescale=request.rescale, progress=False)
-        strength = 1.0
-        if isinstance(request, Txt2ImgRequest):
-            args, kwargs = (request.prompt,), {}
-        elif isinstance(request, Img2ImgRequest):
-            strength = request.strength
-            args, kwargs = (self._input_image(request, pipe, limits), request.prompt), {"strength": strength}
-        elif isinstance(request, InpaintRequest):
-            strength = request.strength
-            picture = self._input_image(request, pipe, limits)
-            mask = decode_image(request.mask, "mask", limits.max_input_side)
-            try:
-                read_mask(mask, picture)  # size and binary-ness, the pipeline's own rule, before queueing
-            except ValueError as err:
-                raise RequestError(str(err)) from err
-            args, kwargs = (picture, mask, request.prompt), {"strength": strength}
-        elif isinstance(request, UpscaleRequest):
-            picture = self._input_image(request, pipe, limits)
-            side = picture.size[0] * pipe.factor
-            try:
-                pipe.check_size(side, request.num_images)
-            except ValueError as err:
-                raise RequestError(f"a {picture.size[0]}x{picture.size[0]} input cannot be upscaled "
-                                   f"x{pipe.factor} by this model: {err}") from err
-            args, kwargs = (picture,), {"prompt": request.prompt, "back_projection": request.back_projection}
-        else:
-            raise TypeError(f"unknown request type {type(request).__name__}")
-        # What the pipeline's own progress bar counts: image tasks run only the strength's share.
-        total = len(sampling_sigmas(pipe.components, sampling["steps"], sampling["sampler"], strength=strength)) - 1
+        if call.options.steps > limits.max_steps:
+            raise RequestError(f"steps={call.options.steps} is more than this server allows ({limits.max_steps})")
+        total = call.total_steps
         submitted = time.perf_counter()
 
         def run(job: Job) -> GenerationResponse:
             queued = time.perf_counter() - submitted
             job.progress(0, total)  # also the first cancellation check, before any work
-            result = pipe(*args, **kwargs, **common, interrupt=job.check,
-                          callback=lambda info: job.progress(min(int(info["i"]) + 1, total), total))
+            result = call.run(interrupt=job.check, progress=False,
+                              callback=lambda info: job.progress(min(int(info["i"]) + 1, total), total))
             return encode_result(task, seed, result, queued)
 
         return PreparedJob(task, seed, total, run)

@@ -80,6 +80,10 @@ class DiffusionTrainingConfig(Config):
     run: RunConfig = field(default_factory=RunConfig)
     ema_decay: float = 0.999
     cache_text: bool = True
+    # Where the latent (and frozen-text) caches live; None: <run_dir>/cache. Their files are named by
+    # a digest of the autoencoder's weights and the data settings, so runs on the same data (other
+    # UNets, speed modes, a fine-tune) can share one folder and encode the pictures once.
+    cache_dir: str | None = None
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     # A model folder whose UNet starts this run (fine-tuning, or a task model made from a
     # text-to-image one); ignored on --resume, where the checkpoint has the weights.
@@ -212,7 +216,7 @@ class DiffusionTrainer:
 
     def _build_caches(self) -> tuple[LatentSet, TextCache | None]:
         config = self.config
-        cache_dir = self.run_dir / "cache"
+        cache_dir = self.run_dir / "cache" if config.cache_dir is None else Path(config.cache_dir)
         weights = Path(config.autoencoder) / "autoencoder.safetensors"
         keep_images = config.image_condition != "none"  # the image conditions are made from pixels
         key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict(),
