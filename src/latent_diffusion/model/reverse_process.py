@@ -107,7 +107,11 @@ def sample_latents(
     if len(sigmas) == 1:  # strength 0: nothing to denoise
         return x
     extra = {"cond": cond, "uncond": uncond}
-    with torch.no_grad():
+    # bf16: one autocast region around the whole loop as well as the per-call one of
+    # AutocastDenoiser. Autocast keeps its bf16 copies of the weights until its outermost region
+    # exits, so they are made once per call instead of once per step (the sampler's own arithmetic
+    # is elementwise, which autocast leaves in float32: the same numbers either way).
+    with torch.no_grad(), autocast(precision, device):
         return sampler_fn(denoiser, x, sigmas, extra_args=extra, callback=callback,
                           generator=generator, **(sampler_options or {}))
 
