@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from latent_diffusion.data import build_dataset
 from latent_diffusion.data.emoji_styles import captions
 from latent_diffusion.data.emoji_styles.styles import STYLES
 from latent_diffusion.evaluation import emoji_styles, features_cache, runner
+from latent_diffusion.evaluation.adherence import retrieval_ranks
 from latent_diffusion.evaluation.cli import format_table
 from latent_diffusion.evaluation.generalization import (LinearProbe, copy_share, mean_pairwise_distance,
                                                         neighbour_ratios, pixel_distance)
@@ -103,6 +105,44 @@ def test_concept_ranks_score_each_concept_by_its_best_picture():
     # query 1: y exact -> 1; query 2 asks for y: z (exact) beats it, x does not -> rank 2.
     ranks = emoji_styles.concept_ranks(queries, ["x", "y", "y"], gallery, ids)
     assert ranks.tolist() == [1, 1, 2]
+
+
+def test_excluded_rows_are_not_retrieved():
+    # The query's own drawing (row 0) would rank it first; without it, the best picture of its concept
+    # (row 2, cosine 0.6) is beaten by row 1 (concept b, cosine 0.8): second, among pictures and concepts.
+    gallery = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    ids, query = ["a", "b", "a", "c"], torch.tensor([[1.0, 0.0]])
+    own = torch.tensor([[True, False, False, False]])
+    assert retrieval_ranks(query, ["a"], gallery, ids).ranks == [1]
+    assert retrieval_ranks(query, ["a"], gallery, ids, exclude=own).ranks == [2]
+    assert emoji_styles.concept_ranks(query, ["a"], gallery, ids, exclude=own).tolist() == [2]
+    every_a = torch.tensor([[True, False, True, False]])
+    with pytest.raises(ValueError, match="hides every gallery row"):
+        retrieval_ranks(query, ["a"], gallery, ids, exclude=every_a)
+    with pytest.raises(ValueError, match="hides every gallery row"):
+        emoji_styles.concept_ranks(query, ["a"], gallery, ids, exclude=every_a)
+    with pytest.raises(ValueError, match=r"bool \[queries, gallery\] = \[1, 4\]"):
+        retrieval_ranks(query, ["a"], gallery, ids, exclude=own[:, :3])
+
+
+def test_real_drawings_are_ranked_without_their_own_drawing():
+    # Concept a: style s1 in two tones (rows 0, 1) and s2; b: s1 and s2; c: s1 only, so it has no other
+    # drawing to be found by and stands in for nothing. Cosines worked by hand:
+    #   a/s1 [1, 0] (its tone row hidden too): a/s2 0.6 < b/s1 0.8, b/s2 0.75, c 0.71  -> rank 4
+    #   a/s2 [0.6, 0.8]: best a is the tone row, 0.61 < b/s1 0.96, b/s2 0.98, c 0.99     -> rank 4
+    #   b/s1 [0.8, 0.6]: b/s2 0.997 > c 0.990                                           -> rank 1
+    #   b/s2 [0.75, 0.66]: b/s1 0.997 < c 0.998                                          -> rank 2
+    rows = [("a", "s1", ""), ("a", "s1", "1F3FB"), ("a", "s2", ""), ("b", "s1", ""), ("b", "s2", ""), ("c", "s1", "")]
+    records = [SimpleNamespace(concept=c, style=s, tone=t) for c, s, t in rows]
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.6, 0.8], [0.8, 0.6], [0.75, 0.66], [0.7071, 0.7071]])
+    gallery = emoji_styles.StylesGallery(SimpleNamespace(records=records, concepts={}), features, ["train"] * 6)
+    assert gallery.stand_ins({"a", "b", "c"}, "train") == [0, 2, 3, 4]
+    assert gallery.own_drawing([0]).tolist() == [[True, True, False, False, False, False]]
+    ceiling = emoji_styles.real_new_drawings(gallery, {"a", "b", "c"})
+    assert ceiling == {"top1": 0.25, "top5": 1.0, "n": 4, "top5_by_style": {"s1": 1.0, "s2": 1.0}}
+    assert emoji_styles.concept_ranks(features[[0, 2, 3, 4]], ["a", "a", "b", "b"], features, gallery.concepts,
+                                      exclude=gallery.own_drawing([0, 2, 3, 4])).tolist() == [3, 3, 1, 2]
+    assert gallery.stand_ins({"a"}, "validation") == []
 
 
 # ------------------------------------------------------------------------------------ a fake corpus
@@ -211,6 +251,14 @@ def test_a_copying_model_is_caught_and_composes_perfectly(corpus, tmp_path, monk
     assert comp["heldout_pairs"]["examples"][0].endswith(" style")
     # Copies of training pictures retrieve their concept first, whatever the wording.
     assert m["adherence"]["training_prompts"]["top1"] == 1.0
+    # The ceilings: real drawings without their own drawing in the gallery, one per (concept, style).
+    # (Their values are pinned by hand in test_real_drawings_are_ranked_without_their_own_drawing.)
+    ceiling = m["adherence"]["real_new_drawings"]
+    assert ceiling["n"] == 6 * len(STYLES) and set(ceiling["top5_by_style"]) == set(STYLES)
+    assert 0 <= ceiling["top1"] <= ceiling["top5"] <= 1
+    real = comp["real_heldout_pairs"]
+    assert real["n"] == comp["num_pairs"] and 0 <= real["top1"] <= real["top5"] <= 1
+    assert real["style_accuracy"] == 1.0  # the probe reads the corner markers
     table = format_table(result)
     for heading in ("composition (", "memorization (", "seed diversity (", "adherence ("):
         assert heading in table

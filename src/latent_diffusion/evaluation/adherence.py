@@ -135,16 +135,35 @@ def _check_embeddings(name: str, value: torch.Tensor, count: int, ids_name: str)
 
 
 def _first_right_ranks(queries: torch.Tensor, target_codes: torch.Tensor, gallery: torch.Tensor,
-                       gallery_codes: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """1 + number of wrong gallery items at least as similar as the best right one, per query."""
+                       gallery_codes: torch.Tensor, exclude: torch.Tensor | None = None,
+                       chunk: int = 1024) -> torch.Tensor:
+    """1 + number of wrong gallery items at least as similar as the best right one, per query;
+    ``exclude`` rows ``[N, G]`` are gallery items a query may not see at all."""
     ranks = []
     # Query chunks bound the [chunk, G] similarity matrix (a full [N, G] in float64 can reach GBs).
     for start in range(0, queries.shape[0], chunk):
         similarity = queries[start:start + chunk] @ gallery.T
+        if exclude is not None:
+            similarity = similarity.masked_fill(exclude[start:start + chunk], -math.inf)
         right = gallery_codes.unsqueeze(0) == target_codes[start:start + chunk].unsqueeze(1)
         best_right = similarity.masked_fill(~right, -math.inf).max(dim=1).values
+        if exclude is not None and torch.isneginf(best_right).any():
+            raise ValueError("exclude hides every gallery row of some query's target, which could then never be "
+                             "hit; leave each query a picture of its target")
         ranks.append(1 + ((similarity >= best_right.unsqueeze(1)) & ~right).sum(dim=1))
     return torch.cat(ranks)
+
+
+def check_exclusion(exclude: torch.Tensor | None, queries: int, gallery: int) -> None:
+    """A ValueError unless ``exclude`` is None or a bool ``[queries, gallery]`` mask that leaves every
+    query some gallery row."""
+    if exclude is None:
+        return
+    if exclude.dtype != torch.bool or tuple(exclude.shape) != (queries, gallery):
+        raise ValueError(f"exclude must be a bool [queries, gallery] = [{queries}, {gallery}] mask, "
+                         f"got {exclude.dtype} {tuple(exclude.shape)}")
+    if exclude.all(dim=1).any():
+        raise ValueError("exclude hides the whole gallery from some query; leave each query rows to rank")
 
 
 def retrieval_ranks(
@@ -152,11 +171,15 @@ def retrieval_ranks(
     target_ids: Sequence[Hashable],
     gallery: torch.Tensor,
     gallery_ids: Sequence[Hashable],
+    exclude: torch.Tensor | None = None,
 ) -> AdherenceResult:
     """Rank ``gallery`` ``[G, D]`` by cosine similarity to each query ``[N, D]`` and score the targets.
 
     Embeddings are L2-normalized here, so any embedder's raw output works. Every target id must
     occur in ``gallery_ids`` (an absent id could never be hit and would silently lower the score).
+    ``exclude``: a bool ``[N, G]`` mask of gallery rows each query may not retrieve, e.g. a real
+    picture's own drawing when it stands in for a sample (a new drawing of its concept). The
+    chance levels stay those of the whole gallery.
     """
     _check_embeddings("queries", queries, len(target_ids), "target_ids")
     _check_embeddings("gallery", gallery, len(gallery_ids), "gallery_ids")
@@ -168,10 +191,11 @@ def retrieval_ranks(
     missing = sorted({str(t) for t in target_ids if t not in codes})
     if missing:
         raise ValueError(f"target_ids {missing[:5]} do not occur in gallery_ids; every target needs gallery images")
+    check_exclusion(exclude, len(target_ids), len(gallery_ids))
     gallery_codes = torch.tensor([codes[g] for g in gallery_ids])
     target_codes = torch.tensor([codes[t] for t in target_ids])
     ranks = _first_right_ranks(F.normalize(queries.double().cpu(), dim=1), target_codes,
-                               F.normalize(gallery.double().cpu(), dim=1), gallery_codes)
+                               F.normalize(gallery.double().cpu(), dim=1), gallery_codes, exclude)
     counts = torch.bincount(gallery_codes, minlength=len(codes))
     size = len(gallery_ids)
     matching = counts[target_codes].tolist()

@@ -183,6 +183,10 @@ def _adherence_lines(m: dict[str, Any] | None) -> list[str]:
     for key, label in (("training_prompts", "training prompts"), ("heldout_prompts", "held-out prompts")):
         s = m[key]
         lines.append(f"  {label:<28s}{s['top1']:8.3f}{s['top5']:8.3f}{s['chance_top1']:10.4f}{s['chance_top5']:10.4f}")
+    if "real_new_drawings" in m:  # emoji-styles: the ceiling
+        s = m["real_new_drawings"]
+        lines.append(f"  {'real drawings (ceiling)':<28s}{s['top1']:8.3f}{s['top5']:8.3f}   n={s['n']}, each without "
+                     "its own drawing in the gallery")
     return lines
 
 
@@ -193,9 +197,11 @@ def _composition_lines(m: dict[str, Any] | None) -> list[str]:
     lines = [f"composition ({m['num_pairs']} held-out concept-style pairs; {m['num_concepts']} concepts; style probe "
              f"{'-' if accuracy is None else f'{accuracy:.3f}'} on real validation pictures)",
              f"  {'':<28s}{'top-1':>8s}{'top-5':>8s}{'style':>8s}"]
-    for key, label in (("heldout_pairs", "held-out pairs"), ("seen_pairs", "seen pairs (control)")):
-        s = m[key]
-        lines.append(f"  {label:<28s}{s['top1']:8.3f}{s['top5']:8.3f}{s['style_accuracy']:8.3f}")
+    for key, label in (("heldout_pairs", "held-out pairs"), ("seen_pairs", "seen pairs (control)"),
+                       ("real_heldout_pairs", "real held-out (ceiling)")):
+        if key in m:
+            s = m[key]
+            lines.append(f"  {label:<28s}{s['top1']:8.3f}{s['top5']:8.3f}{s['style_accuracy']:8.3f}")
     lines.append(f"  {'chance':<28s}{m['chance_top1']:8.4f}{m['chance_top5']:8.4f}{m['chance_style']:8.3f}")
     return lines
 

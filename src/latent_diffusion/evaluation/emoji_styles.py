@@ -10,7 +10,10 @@ prompts; the sampling seed changes only the noise.
   ``adherence_prompts`` train concepts with an unambiguous name, asked by their name (a wording the
   caption sampler trains on) and by a held-out rewording that no caption of the corpus uses; a
   hit at k when a picture of the concept, in any style or tone, is among the k gallery pictures
-  nearest the sample.
+  nearest the sample. Beside it, its ceiling (``real_new_drawings``): the corpus's own training
+  drawings of the same concepts scored the same way with their own drawing (all its tones) taken
+  out of the gallery, as a new drawing would be found. A model that copies can beat it; one that
+  draws each concept as well as another of the corpus's artists scores it.
 * **composition** (``composition``): every held-out (concept, style) pair of the composition split
   (the concept was trained in other styles, the style on other concepts) is asked as "NAME, STYLE
   style"; so is a *seen* pair of each of those concepts (a style it was trained in, drawn with the
@@ -18,7 +21,8 @@ prompts; the sampling seed changes only the noise.
   concept ranked by its most similar gallery picture) and the share of samples a style probe puts
   in the asked style. The probe is a linear classifier on the same features, fit on the training
   pictures; its accuracy on the real validation pictures (concepts it never saw) is reported beside
-  it, the ceiling the samples can be read against.
+  it, the ceiling the samples can be read against. The held-out pairs' real pictures, each scored
+  without its own drawing (``real_heldout_pairs``), are the ceiling of all three figures.
 * **memorization** (``memorization``): ``memorization_samples`` training pictures drawn with the
   seed are asked by a training caption ("NAME[, TONE], STYLE style"); each sample's ratio of the
   distance to its nearest training picture to the distance to the nearest training picture of
@@ -61,7 +65,7 @@ import torch.nn.functional as F
 from latent_diffusion.data.emoji_styles.captions import caption_variants, style_phrase
 from latent_diffusion.data.emoji_styles.dataset import EmojiStylesDataset
 from latent_diffusion.data.emoji_styles.styles import STYLES
-from latent_diffusion.evaluation.adherence import EfficientNetLiteEmbedder, embed
+from latent_diffusion.evaluation.adherence import EfficientNetLiteEmbedder, check_exclusion, embed, retrieval_ranks
 from latent_diffusion.evaluation.data import build_eval_dataset, cache_name
 from latent_diffusion.evaluation.generalization import (
     COPY_RATIO,
@@ -115,6 +119,30 @@ class StylesGallery:
         r = self.dataset.records[row]
         return f"{r.concept}/{r.style}"
 
+    def own_drawing(self, rows: list[int]) -> torch.Tensor:
+        """Bool ``[len(rows), G]``: the gallery rows of each row's drawing (all its tones), which a real
+        picture standing in for a sample must not retrieve."""
+        drawings = [self.drawing(i) for i in range(len(self.splits))]
+        codes = {d: c for c, d in enumerate(dict.fromkeys(drawings))}
+        of_row = torch.tensor([codes[d] for d in drawings])
+        return of_row.unsqueeze(0) == of_row[rows].unsqueeze(1)
+
+    def stand_ins(self, concepts: set[str], split: str) -> list[int]:
+        """One row per drawing of ``concepts`` in ``split`` (its base tone where it has one), for the
+        drawings whose concept has another drawing in the gallery to be retrieved by."""
+        drawings_of: dict[str, set[str]] = defaultdict(set)
+        for i, concept in enumerate(self.concepts):
+            drawings_of[concept].add(self.drawing(i))
+        chosen: dict[str, int] = {}
+        records = self.dataset.records
+        for i in self.rows(split):
+            if records[i].concept not in concepts or len(drawings_of[records[i].concept]) < 2:
+                continue
+            kept = chosen.get(self.drawing(i))
+            if kept is None or (records[kept].tone and not records[i].tone):
+                chosen[self.drawing(i)] = i
+        return sorted(chosen.values())
+
 
 def load_gallery(settings: EvalSettings, channels: int, embedder: Embedder, cache_dir: str | Path | None,
                  progress: bool) -> StylesGallery:
@@ -167,22 +195,45 @@ def adherence(components: DiffusionComponents, gallery: StylesGallery, settings:
                                 PROMPT_SET_SEED)
     result = {"num_emoji": settings.adherence_prompts, "gallery_size": len(gallery.splits),
               "embedder": getattr(embedder, "name", type(embedder).__name__)}
-    return result | score_prompt_sets(prompts, lambda texts, stream: sample(components, texts, settings, stream,
-                                                                            progress),
-                                      embedder, gallery.features, gallery.concepts, settings.batch_size)
+    result |= score_prompt_sets(prompts, lambda texts, stream: sample(components, texts, settings, stream, progress),
+                                embedder, gallery.features, gallery.concepts, settings.batch_size)
+    return result | {"real_new_drawings": real_new_drawings(gallery, set(prompts.training.target_ids))}
+
+
+def real_new_drawings(gallery: StylesGallery, concepts: set[str]) -> dict[str, Any]:
+    """The adherence of the corpus's own drawings of ``concepts`` read as new drawings: each training
+    drawing (one picture, base tone) ranked against the gallery without that drawing, as a sample
+    would be. What a model that drew each concept as well as another of the corpus's artists would
+    score: the ceiling to read the samples' figures against. Per style too (some styles are near
+    copies of each other and find their concept easily; others find it rarely)."""
+    rows = gallery.stand_ins(concepts, "train")
+    scores = retrieval_ranks(gallery.features[rows], [gallery.concepts[i] for i in rows], gallery.features,
+                             gallery.concepts, exclude=gallery.own_drawing(rows))
+    by_style: dict[str, list[int]] = defaultdict(list)
+    for row, rank in zip(rows, scores.ranks):
+        by_style[gallery.dataset.records[row].style].append(rank)
+    return {"top1": scores.top1, "top5": scores.top5, "n": scores.n,
+            "top5_by_style": {style: float(np.mean(np.array(ranks) <= 5)) for style, ranks in sorted(by_style.items())}}
 
 
 def concept_ranks(queries: torch.Tensor, targets: list[str], gallery: torch.Tensor,
-                  gallery_ids: list[str]) -> torch.Tensor:
+                  gallery_ids: list[str], exclude: torch.Tensor | None = None) -> torch.Tensor:
     """1-based rank of each query's target among all ids, each id scored by its most similar gallery row
-    (cosine); ties count against the query."""
+    (cosine); ties count against the query. ``exclude``: as for
+    :func:`~latent_diffusion.evaluation.adherence.retrieval_ranks`, rows a query may not see."""
+    check_exclusion(exclude, len(queries), len(gallery_ids))
     codes = {identity: code for code, identity in enumerate(dict.fromkeys(gallery_ids))}
     similarity = F.normalize(queries.double(), dim=1) @ F.normalize(gallery.double(), dim=1).T
+    if exclude is not None:
+        similarity = similarity.masked_fill(exclude, -torch.inf)
     index = torch.tensor([codes[g] for g in gallery_ids]).expand_as(similarity)
     best = torch.full((len(queries), len(codes)), -torch.inf, dtype=torch.float64)
     best = best.scatter_reduce(1, index, similarity, reduce="amax")
     target = torch.tensor([codes[t] for t in targets])
     right = best.gather(1, target.unsqueeze(1))
+    if torch.isneginf(right).any():
+        raise ValueError("exclude hides every gallery row of some query's target, which could then never be "
+                         "ranked; leave each query a picture of its target")
     return (best >= right).sum(dim=1)  # the target itself counts once: rank 1 when nothing ties or beats it
 
 
@@ -216,6 +267,15 @@ def composition(components: DiffusionComponents, gallery: StylesGallery, setting
         result[label] = {"top1": float((ranks <= 1).double().mean()), "top5": float((ranks <= 5).double().mean()),
                          "style_accuracy": sum(p == s for p, (_, s) in zip(styles, pairs)) / len(pairs),
                          "n": len(pairs), "examples": prompts[:3]}
+    # The held-out pairs' real pictures, each without its own drawing: the ceiling of the figures above.
+    rows = gallery.stand_ins({concept for concept, _ in held}, "composition")
+    ranks = concept_ranks(gallery.features[rows], [gallery.concepts[i] for i in rows], gallery.features,
+                          gallery.concepts, exclude=gallery.own_drawing(rows))
+    result["real_heldout_pairs"] = {"top1": float((ranks <= 1).double().mean()),
+                                    "top5": float((ranks <= 5).double().mean()),
+                                    "style_accuracy": probe.accuracy(gallery.features[rows],
+                                                                     [records[i].style for i in rows]),
+                                    "n": len(rows)}
     result["chance_top1"] = 1 / result["num_concepts"]
     result["chance_top5"] = min(5, result["num_concepts"]) / result["num_concepts"]
     result["chance_style"] = 1 / len(probe.classes)
