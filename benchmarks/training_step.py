@@ -1,7 +1,7 @@
 """Step time of the training configs in each speed mode, and the share of it spent waiting for data.
 
 Modes: ``fp32``, ``bf16`` (autocast), ``+cl`` (channels_last memory format) and ``+compile``
-(``torch.compile`` of the trained network, inductor; its compile time is printed apart and not in
+(``run.compile``: ``torch.compile`` of the trained network, inductor; its compile time is printed apart and not in
 the step time). For each stage config it builds the real trainer (stage 2 on a random autoencoder
 of the stage-1 architecture when no trained one exists, so it runs on a fresh machine once the
 data is prepared), runs warm-up steps, then times N steps and, inside them, the time spent getting
@@ -37,15 +37,10 @@ DEFAULT_DIFFUSION = ("configs/emoji-styles-diffusion.yaml",)
 
 
 def mode_overrides(mode: str, run_dir: Path) -> list[str]:
-    """Config overrides of one mode (compile is applied to the built trainer instead)."""
+    """Config overrides of one mode."""
     precision = mode.split("+")[0]
-    return [f"run.precision={precision}", f"run.channels_last={'+cl' in mode}", f"run.run_dir={run_dir}"]
-
-
-def compile_network(trainer: object, attribute: str, enabled: bool) -> None:
-    """Replace the trainer's network by its ``torch.compile`` wrapper (same parameters)."""
-    if enabled:
-        setattr(trainer, attribute, torch.compile(getattr(trainer, attribute)))
+    return [f"run.precision={precision}", f"run.channels_last={'+cl' in mode}", f"run.compile={'+compile' in mode}",
+            f"run.run_dir={run_dir}"]
 
 
 def seconds_of(step, count: int) -> float:
@@ -62,7 +57,6 @@ def time_autoencoder(config_path: Path, mode: str, steps: int, work: Path) -> di
     # The adversarial term on from the start, so every mode times the full loss.
     config = config.with_overrides(mode_overrides(mode, work / f"ae-{mode}") + ["loss.disc_start=0"])
     trainer = AutoencoderTrainer(config)
-    compile_network(trainer, "model", "+compile" in mode)
     loader = iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=config.run.batch_size, shuffle=True,
                                               num_workers=config.run.num_workers))
     waiting = 0.0
@@ -104,7 +98,6 @@ def time_diffusion(config_path: Path, mode: str, steps: int, work: Path, stage1_
     config = config.with_overrides(mode_overrides(mode, work / f"unet-{mode}")
                                    + [f"autoencoder={autoencoder}", f"cache_dir={cache_dir or work / 'latents'}"])
     trainer = DiffusionTrainer(config)
-    compile_network(trainer, "unet", "+compile" in mode)
     waiting = 0.0
     original = trainer._conditions
 
@@ -138,22 +131,29 @@ def main() -> None:
     if cpu_bf16_units() is None and not torch.cuda.is_available():
         modes = [m for m in modes if not m.startswith("bf16")]
         print("bf16 modes skipped: this CPU has no bf16 matrix units (a bf16 run would take hours)")
-    rows: list[tuple[str, str, dict[str, float]]] = []
+    print(f"steps={args.steps} (after {WARMUP_STEPS} warm-up steps; warm-up includes compilation)")
+    print(f"{'config':46s} {'mode':13s} {'s/step':>7s} {'data wait':>9s} {'warm-up s':>9s} {'vs fp32':>7s}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for path in args.autoencoder_configs:
-            for mode in modes:
-                rows.append((path, mode, time_autoencoder(ROOT / path, mode, args.steps, work)))
-        for path in args.diffusion_configs:
-            for mode in modes:
-                rows.append((path, mode, time_diffusion(ROOT / path, mode, args.steps, work,
-                                                        ROOT / DEFAULT_AUTOENCODERS[0], args.latent_cache)))
-    print(f"steps={args.steps} (after {WARMUP_STEPS} warm-up steps; warm-up includes compilation)")
-    print(f"{'config':46s} {'mode':13s} {'s/step':>7s} {'data wait':>9s} {'warm-up s':>9s} {'vs fp32':>7s}")
-    for path, mode, r in rows:
-        base = next((x for p, m, x in rows if p == path and m == "fp32"), r)["s_per_step"]
-        print(f"{path:46s} {mode:13s} {r['s_per_step']:7.3f} {r['wait']:9.1%} {r['warmup_s']:9.1f} "
-              f"{r['s_per_step'] / base:7.2f}")
+        cases = [(path, mode, lambda p, m: time_autoencoder(ROOT / p, m, args.steps, work))
+                 for path in args.autoencoder_configs for mode in modes]
+        cases += [(path, mode, lambda p, m: time_diffusion(ROOT / p, m, args.steps, work,
+                                                           ROOT / DEFAULT_AUTOENCODERS[0], args.latent_cache))
+                  for path in args.diffusion_configs for mode in modes]
+        fp32: dict[str, float] = {}
+        for path, mode, measure in cases:
+            # One mode that fails (a compiler error, say) is a row that says so, not a lost table.
+            try:
+                r = measure(path, mode)
+            except Exception as error:  # noqa: BLE001 - reported in the table, the other rows still run
+                print(f"{path:46s} {mode:13s} failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}",
+                      flush=True)
+                continue
+            if mode == "fp32":
+                fp32[path] = r["s_per_step"]
+            ratio = f"{r['s_per_step'] / fp32[path]:7.2f}" if path in fp32 else f"{'-':>7s}"
+            print(f"{path:46s} {mode:13s} {r['s_per_step']:7.3f} {r['wait']:9.1%} {r['warmup_s']:9.1f} {ratio}",
+                  flush=True)
 
 
 if __name__ == "__main__":

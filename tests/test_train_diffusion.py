@@ -155,3 +155,21 @@ def test_runs_share_a_latent_cache_folder_and_encode_once(workspace: Path) -> No
     second = DiffusionTrainer(make_config(workspace, "share-b", steps=2).replace(cache_dir=str(shared)))
     assert {p.name: p.stat().st_mtime_ns for p in shared.iterdir()} == written  # read, not written again
     assert torch.equal(first.latents.mean, second.latents.mean)
+
+
+def test_compiled_training_matches_eager(workspace: Path) -> None:
+    # run.compile compiles the UNet in place: the same checkpoint keys and, to rounding, the same losses.
+    eager = DiffusionTrainer(make_config(workspace, "eager", steps=2)).train()
+    compiled = DiffusionTrainer(make_config(workspace, "compiled", steps=2, compile=True)).train()
+    losses = [[m["loss"] for m in read_metrics(workspace / run) if "loss" in m] for run in ("eager", "compiled")]
+    assert np.allclose(losses[0], losses[1], rtol=1e-4, atol=1e-6), losses
+    a, b = unet_weights(eager), unet_weights(compiled)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_compile_without_a_cxx_compiler_is_a_clear_error(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match=r"run.compile=true needs a C\+\+ compiler .* apt install g\+\+"):
+        DiffusionTrainer(make_config(workspace, "no-compiler", steps=2, compile=True, device="cpu"))

@@ -154,6 +154,11 @@ def check_context_mask(context_mask: torch.Tensor, batch: int, length: int) -> N
             f"context_mask has shape {tuple(context_mask.shape)}; expected [{batch}, {length}] "
             "= [batch, context tokens]"
         )
+    # The empty-row test reads the mask's values: under torch.compile that splits the graph (a host
+    # sync, then every block compiled on its own until the recompile limit sends the rest back to
+    # eager), so compiled code skips it; the shape and dtype checks above still run there.
+    if torch.compiler.is_compiling():
+        return
     if not bool(context_mask.any(dim=1).all()):
         empty = (~context_mask.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(

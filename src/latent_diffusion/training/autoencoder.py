@@ -37,7 +37,7 @@ from latent_diffusion.losses import AutoencoderLoss, AutoencoderLossConfig
 from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.logging import TrainingLogger
-from latent_diffusion.training.loop import autocast, memory_format, run_training
+from latent_diffusion.training.loop import autocast, compile_in_place, memory_format, run_training
 from latent_diffusion.training.optim import GradientAccumulator, build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
@@ -124,6 +124,7 @@ class AutoencoderTrainer:
                 if hasattr(self.model, name):
                     getattr(self.model, name).requires_grad_(False)
         self.model = self.model.to(self.device, memory_format=memory_format(config.run))
+        compile_in_place(self.model, config.run, self.device)
         # Resolved once, so a resumed run on the same machine keeps the same arithmetic.
         self.precision = resolve_precision(config.run.precision, self.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]

@@ -48,7 +48,7 @@ from latent_diffusion.training.latent_cache import (
     encode_dataset,
 )
 from latent_diffusion.training.logging import TrainingLogger
-from latent_diffusion.training.loop import autocast, memory_format, run_training
+from latent_diffusion.training.loop import autocast, compile_in_place, memory_format, run_training
 from latent_diffusion.training.optim import GradientAccumulator, build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
@@ -186,6 +186,7 @@ class DiffusionTrainer:
         if config.init_from and not resume:
             init_unet_from(self.unet, config.init_from)
         self.unet = self.unet.to(self.device, memory_format=memory_format(config.run))
+        compile_in_place(self.unet, config.run, self.device)
         # Resolved once, so a resumed run on the same machine keeps the same arithmetic.
         self.precision = resolve_precision(config.run.precision, self.device)
         check_compatible(self.autoencoder, self.unet, self.conditioner)

@@ -54,7 +54,7 @@ from latent_diffusion.training.diffusion import (
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.latent_cache import LatentSet, cache_key
 from latent_diffusion.training.logging import TrainingLogger
-from latent_diffusion.training.loop import autocast, run_training
+from latent_diffusion.training.loop import autocast, compile_in_place, run_training
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
@@ -147,6 +147,7 @@ class DistillTrainer:
                 self.student.time_cond_proj.weight)}
             load_state_strict(self.student, state, source=str(config.teacher))
         self.target = copy.deepcopy(self.student).requires_grad_(False).eval()
+        compile_in_place(self.student, config.run, self.device)  # after the copy: the target stays eager
         self.latents = self._build_latents()
         self.model = self.ctx.wrap(self.student)
         self.optimizer = build_optimizer(list(self.student.parameters()), lr=config.optim.lr,

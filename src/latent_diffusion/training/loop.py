@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,22 @@ from latent_diffusion.training.settings import RunConfig
 def memory_format(run: RunConfig) -> torch.memory_format:
     """The trained model's memory format: ``run.channels_last`` or the default contiguous one."""
     return torch.channels_last if run.channels_last else torch.contiguous_format
+
+
+def compile_in_place(module: torch.nn.Module, run: RunConfig, device: torch.device | str) -> None:
+    """``run.compile``: compile ``module``'s forward with torch.compile (inductor), in place, so its
+    state-dict keys (which checkpoints, the EMA and exports match) stay the plain module's. Inductor's
+    CPU code is C++, so on the CPU a missing compiler is a ValueError here, before the first step."""
+    if not run.compile:
+        return
+    if torch.device(device).type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        raise ValueError("run.compile=true needs a C++ compiler for torch.compile's CPU kernels and none of "
+                         "g++, c++ or clang++ is on PATH; install one (Debian/Ubuntu: apt install g++) or set "
+                         "run.compile=false")
+    # The autoencoder loss's adaptive weight takes two gradients of one graph (retain_graph=True),
+    # which a compiled backward that donates its buffers refuses; without donation both stages run.
+    torch._functorch.config.donated_buffer = False
+    module.compile()
 
 
 def run_training(

@@ -43,6 +43,9 @@ class RunConfig(Config):
     # channels_last memory format for the trained model's convolutions (measured slower on CPU for
     # these models; kept for GPUs, where it usually pays).
     channels_last: bool = False
+    # torch.compile (inductor) of the trained network, in place; its first steps compile (about
+    # 100 s for the default UNet on 2 cores). benchmarks/training_step.py measures it per config.
+    compile: bool = False
     device: str = "auto"
     num_workers: int = 0
     log_every: int = 10
