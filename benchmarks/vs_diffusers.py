@@ -5,8 +5,9 @@ Builds the SD 1.5 architecture with random weights in this project, converts the
 transformers' CLIPTextModel, and times, for each dtype (fp32, and bf16 where the CPU has bf16
 units), the UNet forward (batch 2 = one classifier-free-guidance step, 64x64 latents), the VAE
 decode (one 512x512 image) and the whole text-to-image call (20 DDIM steps, guidance 7.5; the
-matching diffusers scheduler, so both do the same work). Prints seconds and the ratio
-ours / diffusers (below 1.0: we are faster). Needs diffusers (a test dependency).
+matching diffusers scheduler, so both do the same work). Ours and diffusers' runs alternate
+(ours, theirs, ours, ...) and each side's median is printed, with the ratio ours / diffusers
+(below 1.0: we are faster). Needs diffusers (a test dependency).
 
     python benchmarks/vs_diffusers.py [--repeats 1] [--steps 20] [--size 512] [--skip-pipeline]
         [--backend openvino]     # adds the UNet forward in OpenVINO, fp32 and bf16, vs diffusers fp32
@@ -15,6 +16,7 @@ ours / diffusers (below 1.0: we are faster). Needs diffusers (a test dependency)
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import warnings
@@ -30,6 +32,7 @@ from latent_diffusion.convert.schedulers import matching_scheduler
 from latent_diffusion.convert.unet_keys import unet_config_to_diffusers, unet_to_diffusers
 from latent_diffusion.convert.vae_keys import vae_config_to_diffusers, vae_to_diffusers
 from latent_diffusion.diffusion.schedule import DiffusionConfig
+from latent_diffusion.hardware import describe_cpu
 from latent_diffusion.pipelines import DiffusionComponents, TextToImage
 from latent_diffusion.unet import UNet, UNetConfig
 from unet_speed import best_time  # benchmarks/ is on sys.path when a script here runs
@@ -98,22 +101,29 @@ def measure(ours: DiffusionComponents, theirs, dtype: torch.dtype, args: argpars
     z = torch.randn(1, 4, latent, latent, generator=g, dtype=dtype)
     rows = []
     with torch.no_grad():
-        rows.append(("UNet forward b2", best_time(lambda: ours.unet(x, t, context=context), args.repeats),
-                     best_time(lambda: theirs.unet(x, t, encoder_hidden_states=context), args.repeats)))
-        rows.append(("VAE decode", best_time(lambda: ours.autoencoder.decode(z), args.repeats),
-                     best_time(lambda: theirs.vae.decode(z), args.repeats)))
+        rows.append(("UNet forward b2", *alternated(lambda: ours.unet(x, t, context=context),
+                                                    lambda: theirs.unet(x, t, encoder_hidden_states=context),
+                                                    args.repeats)))
+        rows.append(("VAE decode", *alternated(lambda: ours.autoencoder.decode(z), lambda: theirs.vae.decode(z),
+                                               args.repeats)))
         if args.backend == "openvino" and dtype == torch.float32:
             rows += openvino_rows(ours, x, t, context, rows[0][2], args)
     if not args.skip_pipeline:
-        # A minutes-long call: with --repeats 1 it runs once, without a warm-up of its own (the
-        # UNet and VAE above are warm by now).
-        timer = _once if args.repeats == 1 else (lambda fn: best_time(fn, args.repeats))
+        # A minutes-long call: each side's warm-up is a 1-step call (a pipeline's first call loads
+        # its tokenizer and sets up its scheduler; one cold run among few skews a median).
         pipe = TextToImage(ours)
-        ours_s = timer(lambda: pipe(PROMPT, steps=args.steps, sampler=SAMPLER, guidance=7.5, seed=0,
-                                    progress=False))
-        theirs_s = timer(lambda: theirs(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5,
-                                        generator=torch.Generator().manual_seed(0), height=args.size,
-                                        width=args.size, output_type="np"))
+
+        def ours_call(steps: int) -> object:
+            return pipe(PROMPT, steps=steps, sampler=SAMPLER, guidance=7.5, seed=0, progress=False)
+
+        def theirs_call(steps: int) -> object:
+            return theirs(PROMPT, num_inference_steps=steps, guidance_scale=7.5, height=args.size, width=args.size,
+                          generator=torch.Generator().manual_seed(0), output_type="np")
+
+        ours_call(1)
+        theirs_call(1)
+        ours_s, theirs_s = alternated(lambda: ours_call(args.steps), lambda: theirs_call(args.steps), args.repeats,
+                                      warmup=False)
         rows.append((f"text-to-image {args.steps} steps", ours_s, theirs_s))
         if args.backend == "openvino" and dtype == torch.float32:
             rows.append(openvino_pipeline_row(ours, theirs_s, args))
@@ -136,8 +146,8 @@ def openvino_rows(ours: DiffusionComponents, x: torch.Tensor, t: torch.Tensor, c
             unet(x, t, context=context)  # export (first precision only) and compile
             print(f"openvino {precision}: export + compile + first call {time.perf_counter() - start:.1f} s",
                   flush=True)
-            rows.append((f"UNet b2 openvino {precision}", best_time(lambda: unet(x, t, context=context), args.repeats),
-                         theirs_fp32))
+            rows.append((f"UNet b2 openvino {precision}", median_time(lambda: unet(x, t, context=context),
+                                                                      args.repeats), theirs_fp32))
     return rows
 
 
@@ -153,20 +163,42 @@ def openvino_pipeline_row(ours: DiffusionComponents, theirs_fp32: float, args: a
         pipe(PROMPT, **{**call, "steps": 1})
         print(f"openvino {precision} text-to-image: export + compile + 1-step call {time.perf_counter() - start:.1f} s",
               flush=True)
-        return (f"text-to-image openvino {precision}", _once(lambda: pipe(PROMPT, **call)), theirs_fp32)
+        return (f"text-to-image openvino {precision}", median_time(lambda: pipe(PROMPT, **call), args.repeats,
+                                                                   warmup=False), theirs_fp32)
 
 
-def _once(fn: Callable[[], object]) -> float:
-    """One timed run, without warm-up."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def median_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    """Median wall seconds of ``fn`` over ``repeats`` runs, after one warm-up call unless not."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def alternated(ours: Callable[[], object], theirs: Callable[[], object], repeats: int,
+               warmup: bool = True) -> tuple[float, float]:
+    """Median wall seconds of each side over ``repeats`` runs taken in turn (ours, theirs, ours, ...),
+    so that a slow spell of a shared machine falls on both; one warm-up call each first, unless not."""
+    if warmup:
+        ours()
+        theirs()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, side in ((ours, times[0]), (theirs, times[1])):
+            start = time.perf_counter()
+            fn()
+            side.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
     """Build both, time every benchmark in each usable dtype, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per benchmark (best of)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per benchmark (median; ours and diffusers alternated)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=512, help="image side (latents are size/8)")
     parser.add_argument("--skip-pipeline", action="store_true", help="only the UNet and VAE benchmarks")
@@ -184,8 +216,9 @@ def main() -> None:
     ours = build_ours(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         theirs = build_diffusers(ours, tmp)
-    print(f"SD 1.5 architecture, random weights; threads={args.threads}, best of {args.repeats} "
+    print(f"SD 1.5 architecture, random weights; threads={args.threads}, median of {args.repeats} "
           f"(text-to-image: {args.size}px, {SAMPLER}/{SPACING}, guidance 7.5)")
+    print(describe_cpu())
     header = f"{'benchmark':26s} {'dtype':5s} {'ours s':>9s} {'diffusers s':>12s} {'ours/diffusers':>15s}"
     print(header)
     print("-" * len(header))
