@@ -38,15 +38,21 @@ def autocast(dtype: torch.dtype) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def best_time(fn, repeats: int) -> float:
-    """Minimum wall time of ``fn`` over ``repeats`` runs after one warm-up (least noisy estimate)."""
-    fn()
+def run_times(fn, repeats: int, warmup: bool = True) -> list[float]:
+    """Wall seconds of each of ``repeats`` runs of ``fn``, after one warm-up call unless not."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn, repeats: int) -> float:
+    """Minimum wall time of ``fn`` over ``repeats`` runs after one warm-up (least noisy estimate)."""
+    return min(run_times(fn, repeats))
 
 
 def matmul_peak(dtype: torch.dtype, repeats: int, n: int = 2048) -> float:

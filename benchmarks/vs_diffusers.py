@@ -35,7 +35,7 @@ from latent_diffusion.diffusion.schedule import DiffusionConfig
 from latent_diffusion.hardware import describe_cpu
 from latent_diffusion.pipelines import DiffusionComponents, TextToImage
 from latent_diffusion.unet import UNet, UNetConfig
-from unet_speed import best_time  # benchmarks/ is on sys.path when a script here runs
+from unet_speed import best_time, run_times  # benchmarks/ is on sys.path when a script here runs
 
 PROMPT = "a red lighthouse at dusk, oil painting"
 SAMPLER, SPACING = "ddim", "trailing"
@@ -169,14 +169,7 @@ def openvino_pipeline_row(ours: DiffusionComponents, theirs_fp32: float, args: a
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
     """Median wall seconds of ``fn`` over ``repeats`` runs, after one warm-up call unless not."""
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(run_times(fn, repeats, warmup))
 
 
 def alternated(ours: Callable[[], object], theirs: Callable[[], object], repeats: int,
