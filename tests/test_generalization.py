@@ -143,6 +143,17 @@ def test_real_drawings_are_ranked_without_their_own_drawing():
     assert emoji_styles.concept_ranks(features[[0, 2, 3, 4]], ["a", "a", "b", "b"], features, gallery.concepts,
                                       exclude=gallery.own_drawing([0, 2, 3, 4])).tolist() == [3, 3, 1, 2]
     assert gallery.stand_ins({"a"}, "validation") == []
+    # Only c (one drawing): nothing to stand in, so no ceiling rather than an error.
+    assert emoji_styles.real_new_drawings(gallery, {"c"}) == {"top1": None, "top5": None, "n": 0, "top5_by_style": {}}
+
+
+def test_one_style_has_no_adherence_ceiling(corpus, tmp_path):
+    # With one style every concept has one drawing: the eval runs and says why the ceiling is missing.
+    model = tiny_text_model(tmp_path / "model", 8)
+    result = runner.evaluate(settings_for(model, styles=("noto",), metrics=("adherence",)),
+                             embedder=PooledColour(), cache_dir=tmp_path / "f")
+    assert result["metrics"]["adherence"]["real_new_drawings"]["n"] == 0
+    assert "n/a: no concept has a second drawing" in format_table(result)
 
 
 # ------------------------------------------------------------------------------------ a fake corpus

@@ -185,8 +185,11 @@ def _adherence_lines(m: dict[str, Any] | None) -> list[str]:
         lines.append(f"  {label:<28s}{s['top1']:8.3f}{s['top5']:8.3f}{s['chance_top1']:10.4f}{s['chance_top5']:10.4f}")
     if "real_new_drawings" in m:  # emoji-styles: the ceiling
         s = m["real_new_drawings"]
-        lines.append(f"  {'real drawings (ceiling)':<28s}{s['top1']:8.3f}{s['top5']:8.3f}   n={s['n']}, each without "
-                     "its own drawing in the gallery")
+        if s["n"]:
+            lines.append(f"  {'real drawings (ceiling)':<28s}{s['top1']:8.3f}{s['top5']:8.3f}   n={s['n']}, each "
+                         "without its own drawing in the gallery")
+        else:
+            lines.append(f"  {'real drawings (ceiling)':<28s}  n/a: no concept has a second drawing to be found by")
     return lines
 
 
@@ -199,7 +202,7 @@ def _composition_lines(m: dict[str, Any] | None) -> list[str]:
              f"  {'':<28s}{'top-1':>8s}{'top-5':>8s}{'style':>8s}"]
     for key, label in (("heldout_pairs", "held-out pairs"), ("seen_pairs", "seen pairs (control)"),
                        ("real_heldout_pairs", "real held-out (ceiling)")):
-        if key in m:
+        if key in m and m[key]["n"]:
             s = m[key]
             lines.append(f"  {label:<28s}{s['top1']:8.3f}{s['top5']:8.3f}{s['style_accuracy']:8.3f}")
     lines.append(f"  {'chance':<28s}{m['chance_top1']:8.4f}{m['chance_top5']:8.4f}{m['chance_style']:8.3f}")
@@ -213,7 +216,7 @@ def _memorization_lines(m: dict[str, Any] | None) -> list[str]:
              f"  {'':<28s}{'copies':>8s}{'p10':>8s}{'median':>8s}{'n':>6s}"]
     for key, label in (("samples", "samples"), ("real_validation", "real validation pictures"),
                        ("real_composition", "real composition pictures")):
-        if key in m:
+        if key in m and m[key]["n"]:
             s = m[key]
             lines.append(f"  {label:<28s}{s['copy_share']:8.3f}{s['ratio_p10']:8.3f}{s['ratio_median']:8.3f}"
                          f"{s['n']:6d}")

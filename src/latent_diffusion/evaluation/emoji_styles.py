@@ -207,6 +207,8 @@ def real_new_drawings(gallery: StylesGallery, concepts: set[str]) -> dict[str, A
     score: the ceiling to read the samples' figures against. Per style too (some styles are near
     copies of each other and find their concept easily; others find it rarely)."""
     rows = gallery.stand_ins(concepts, "train")
+    if not rows:  # one style only: no concept has another drawing to be found by
+        return {"top1": None, "top5": None, "n": 0, "top5_by_style": {}}
     scores = retrieval_ranks(gallery.features[rows], [gallery.concepts[i] for i in rows], gallery.features,
                              gallery.concepts, exclude=gallery.own_drawing(rows))
     by_style: dict[str, list[int]] = defaultdict(list)
@@ -214,6 +216,18 @@ def real_new_drawings(gallery: StylesGallery, concepts: set[str]) -> dict[str, A
         by_style[gallery.dataset.records[row].style].append(rank)
     return {"top1": scores.top1, "top5": scores.top5, "n": scores.n,
             "top5_by_style": {style: float(np.mean(np.array(ranks) <= 5)) for style, ranks in sorted(by_style.items())}}
+
+
+def real_heldout_pairs(gallery: StylesGallery, rows: list[int], probe: LinearProbe) -> dict[str, Any]:
+    """The composition figures of the held-out pairs' real pictures (``rows``), each ranked without
+    its own drawing: the ceiling of the samples' concept ranks and style score."""
+    if not rows:
+        return {"top1": None, "top5": None, "style_accuracy": None, "n": 0}
+    ranks = concept_ranks(gallery.features[rows], [gallery.concepts[i] for i in rows], gallery.features,
+                          gallery.concepts, exclude=gallery.own_drawing(rows))
+    styles = [gallery.dataset.records[i].style for i in rows]
+    return {"top1": float((ranks <= 1).double().mean()), "top5": float((ranks <= 5).double().mean()),
+            "style_accuracy": probe.accuracy(gallery.features[rows], styles), "n": len(rows)}
 
 
 def concept_ranks(queries: torch.Tensor, targets: list[str], gallery: torch.Tensor,
@@ -269,13 +283,7 @@ def composition(components: DiffusionComponents, gallery: StylesGallery, setting
                          "n": len(pairs), "examples": prompts[:3]}
     # The held-out pairs' real pictures, each without its own drawing: the ceiling of the figures above.
     rows = gallery.stand_ins({concept for concept, _ in held}, "composition")
-    ranks = concept_ranks(gallery.features[rows], [gallery.concepts[i] for i in rows], gallery.features,
-                          gallery.concepts, exclude=gallery.own_drawing(rows))
-    result["real_heldout_pairs"] = {"top1": float((ranks <= 1).double().mean()),
-                                    "top5": float((ranks <= 5).double().mean()),
-                                    "style_accuracy": probe.accuracy(gallery.features[rows],
-                                                                     [records[i].style for i in rows]),
-                                    "n": len(rows)}
+    result["real_heldout_pairs"] = real_heldout_pairs(gallery, rows, probe)
     result["chance_top1"] = 1 / result["num_concepts"]
     result["chance_top5"] = min(5, result["num_concepts"]) / result["num_concepts"]
     result["chance_style"] = 1 / len(probe.classes)
