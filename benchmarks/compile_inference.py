@@ -7,7 +7,7 @@ latent), it prints milliseconds per forward (median of ``--repeats`` after warm-
 eager bf16 autocast, compiled fp32 and compiled bf16, the four run in turn every repeat; the
 seconds the first compiled call took (inductor compiles once per process, shape and precision, so
 ``ldm generate`` would pay it on every run; its on-disk cache, ``/tmp/torchinductor_$USER``, cuts a
-repeat's 45-60 s to about 5) and the compiled output's largest difference from eager's in fp32.
+first, cold run's 44-59 s to about 5) and the compiled output's largest difference from eager's in fp32.
 
 Compare with ``generate_cost.py --backend openvino``'s per-step time: OpenVINO's graph is exported
 once and cached across processes, so a compiled path has to beat it per call to be worth a backend.
@@ -18,33 +18,19 @@ once and cached across processes, so a compiled path has to beat it per call to 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from unet_speed import alternated_medians  # benchmarks/ is on sys.path when a script here runs
+
 from latent_diffusion.hardware import cpu_bf16_units, describe_cpu
 from latent_diffusion.pipelines import TextToImage
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 3
-
-
-def alternated(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall milliseconds of each call after :data:`WARMUP` calls, the calls run in turn
-    ``repeats`` times so that a slow spell of the machine hits all of them."""
-    for call in calls.values():
-        for _ in range(WARMUP):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            began = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - began)
-    return {name: statistics.median(values) * 1000 for name, values in times.items()}
 
 
 def measure(network: Callable[..., torch.Tensor], inputs: tuple, kwargs: dict, repeats: int,
@@ -68,7 +54,7 @@ def measure(network: Callable[..., torch.Tensor], inputs: tuple, kwargs: dict, r
                 result["max diff"] = float((out - network(*inputs, **kwargs)).abs().max())
         calls = {f"{kind} {precision}": under(precision, fn) for precision in (("fp32", "bf16") if bf16 else ("fp32",))
                  for kind, fn in (("eager", network), ("compiled", compiled))}
-        result |= alternated(calls, repeats)
+        result |= {name: seconds * 1000 for name, seconds in alternated_medians(calls, repeats, WARMUP).items()}
     return result
 
 

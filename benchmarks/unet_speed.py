@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 
 import torch
@@ -48,6 +49,22 @@ def run_times(fn, repeats: int, warmup: bool = True) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def alternated_medians(calls: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each of ``calls`` (name -> function) over ``repeats`` rounds in which
+    every call runs once in turn, so that a slow spell of a shared machine falls on all of them;
+    each call runs ``warmup`` times first."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def best_time(fn, repeats: int) -> float:

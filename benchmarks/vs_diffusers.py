@@ -35,7 +35,7 @@ from latent_diffusion.diffusion.schedule import DiffusionConfig
 from latent_diffusion.hardware import describe_cpu
 from latent_diffusion.pipelines import DiffusionComponents, TextToImage
 from latent_diffusion.unet import UNet, UNetConfig
-from unet_speed import best_time, run_times  # benchmarks/ is on sys.path when a script here runs
+from unet_speed import alternated_medians, best_time, run_times  # benchmarks/ is on sys.path when a script here runs
 
 PROMPT = "a red lighthouse at dusk, oil painting"
 SAMPLER, SPACING = "ddim", "trailing"
@@ -174,18 +174,10 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: bool = True) -> 
 
 def alternated(ours: Callable[[], object], theirs: Callable[[], object], repeats: int,
                warmup: bool = True) -> tuple[float, float]:
-    """Median wall seconds of each side over ``repeats`` runs taken in turn (ours, theirs, ours, ...),
-    so that a slow spell of a shared machine falls on both; one warm-up call each first, unless not."""
-    if warmup:
-        ours()
-        theirs()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, side in ((ours, times[0]), (theirs, times[1])):
-            start = time.perf_counter()
-            fn()
-            side.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    """Median wall seconds of each side over ``repeats`` runs taken in turn (ours, theirs, ours, ...);
+    one warm-up call each first, unless not."""
+    medians = alternated_medians({"ours": ours, "theirs": theirs}, repeats, warmup=int(warmup))
+    return medians["ours"], medians["theirs"]
 
 
 def main() -> None:

@@ -216,7 +216,7 @@ def _memorization_lines(m: dict[str, Any] | None) -> list[str]:
              f"  {'':<28s}{'copies':>8s}{'p10':>8s}{'median':>8s}{'n':>6s}"]
     for key, label in (("samples", "samples"), ("real_validation", "real validation pictures"),
                        ("real_composition", "real composition pictures")):
-        if key in m and m[key]["n"]:
+        if key in m:
             s = m[key]
             lines.append(f"  {label:<28s}{s['copy_share']:8.3f}{s['ratio_p10']:8.3f}{s['ratio_median']:8.3f}"
                          f"{s['n']:6d}")
