@@ -9,7 +9,9 @@ names its own).
 ``--student PATH`` adds a few-step model (``ldm train distill``'s output): it is measured at
 ``--student-steps`` (1, 2, 4, 8) with its own sampler and guidance, in the same run, the calls of
 both models alternated repeat by repeat, and a second table gives each row's time per image as a
-ratio of the first model's at its settings (issue #17's bar: at most 1/8 at 4 steps).
+ratio of the first model's at its settings (issue #17's bar: at most 1/8 at 4 steps). A student
+folder with a tiny decoder (autoencoder/tiny.py; it decodes by default) is measured with it and,
+in rows marked ``full``, with the autoencoder's decoder, so what each buys shows in one run.
 
 The model, in order of preference:
 
@@ -149,7 +151,7 @@ def print_table(pipe: TextToImage, description: str, call: dict, args: argparse.
           f"UNet {millions:.1f}M parameters, conditioner {c.conditioner.kind!r}")
     print(f"settings: {call['steps']} steps of {call['sampler']}, guidance {call['guidance']}, {args.num_images} "
           f"image(s) per call, {torch.get_num_threads()} torch thread(s), median of {args.repeats} call(s)")
-    print(f"backend {pipe.backend.name}, precision {pipe.precision}; CPU: {describe_cpu()}")
+    print(f"backend {pipe.backend.name}, precision {pipe.precision}, decoder {pipe.decoder}; CPU: {describe_cpu()}")
     print(f"{'stage':<14}{'s / call':>12}{'share':>9}")
     for name, label in (("encode", "text encoding"), ("denoise", "denoising"), ("decode", "decoding")):
         print(f"{label:<14}{t[name]:>12.4f}{t[name] / t['total']:>9.1%}")
@@ -158,18 +160,20 @@ def print_table(pipe: TextToImage, description: str, call: dict, args: argparse.
     print(f"{'per step':<14}{t['denoise'] / call['steps']:>12.4f}   (denoising only, whole batch)")
 
 
-def print_comparison(base: dict, base_t: dict[str, float], student: str, calls: list[dict],
-                     times: list[dict[str, float]], num_images: int) -> None:
+def print_comparison(base: tuple[TextToImage, dict], base_t: dict[str, float], student: str,
+                     cases: list[tuple[TextToImage, dict]], times: list[dict[str, float]], num_images: int) -> None:
     """Each student row's time per image and its ratio to the first model's."""
+    base_pipe, base_call = base
     base_image = base_t["total"] / num_images
     print(f"\nfew-step model: {student} (same run, calls alternated)")
-    print(f"{'model':<10}{'sampler':<10}{'steps':>6}{'guidance':>10}{'s / image':>11}{'denoise':>9}{'ratio':>8}")
-    print(f"{'teacher':<10}{base['sampler']:<10}{base['steps']:>6}{base['guidance']:>10g}{base_image:>11.4f}"
-          f"{base_t['denoise'] / base_t['total']:>9.0%}{1:>8.3f}")
-    for call, t in zip(calls, times):
+    print(f"{'model':<10}{'sampler':<10}{'steps':>6}{'guidance':>10}{'decoder':>9}{'s / image':>11}{'denoise':>9}"
+          f"{'decode':>8}{'ratio':>8}")
+    rows = [("teacher", base_pipe, base_call, base_t)] + [("student", p, c, t) for (p, c), t in zip(cases, times)]
+    for name, pipe, call, t in rows:
         image = t["total"] / num_images
-        print(f"{'student':<10}{call['sampler']:<10}{call['steps']:>6}{call['guidance']:>10g}{image:>11.4f}"
-              f"{t['denoise'] / t['total']:>9.0%}{image / base_image:>8.3f}")
+        print(f"{name:<10}{call['sampler']:<10}{call['steps']:>6}{call['guidance']:>10g}{pipe.decoder:>9}"
+              f"{image:>11.4f}{t['denoise'] / t['total']:>9.0%}{t['decode'] / t['total']:>8.0%}"
+              f"{image / base_image:>8.3f}")
 
 
 def main() -> None:
@@ -205,11 +209,17 @@ def main() -> None:
         configure(student, args)
         # The student samples with its own sampler and guidance; --sampler/--guidance are the first model's.
         student_args = argparse.Namespace(**{**vars(args), "sampler": None, "guidance": None})
-        cases += [(student, settings(student, student_args, steps)) for steps in student_steps]
+        students = [student]
+        if student.decoder == "tiny":  # the same student with the full decoder, for comparison
+            full = TextToImage.from_pretrained(args.student)
+            full.set_decoder("full")
+            configure(full, args)
+            students.append(full)
+        cases += [(s, settings(s, student_args, steps)) for s in students for steps in student_steps]
     times = measure(cases, args.repeats)
     print_table(pipe, description, call, args, times[0])
     if args.student is not None:
-        print_comparison(call, times[0], str(args.student), [c for _, c in cases[1:]], times[1:], args.num_images)
+        print_comparison(cases[0], times[0], str(args.student), cases[1:], times[1:], args.num_images)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def test_decoder_fine_tune_keeps_the_latents_and_their_scale(images: Path, tmp_p
 
 def test_decoder_fine_tune_needs_a_matching_source(images: Path, tmp_path: Path) -> None:
     config = make_config(images, tmp_path / "run")
-    with pytest.raises(ValueError, match="train: decoder fine-tunes a trained autoencoder's decoder; set init_from"):
+    with pytest.raises(ValueError, match="train: decoder trains a decoder for a trained autoencoder; set init_from"):
         config.replace(train="decoder")
     with pytest.raises(FileNotFoundError, match="init_from=.* has no autoencoder.json; .* point `init_from:`"):
         AutoencoderTrainer(config.replace(init_from=str(tmp_path / "nowhere"), train="decoder"))

@@ -3,6 +3,7 @@
 from latent_diffusion.autoencoder.blocks import AttnBlock, Decoder, Downsample, Encoder, ResnetBlock, Upsample
 from latent_diffusion.autoencoder.kl import DiagonalGaussian
 from latent_diffusion.autoencoder.model import Autoencoder, AutoencoderConfig, Posterior, load_autoencoder
+from latent_diffusion.autoencoder.tiny import TinyDecodedAutoencoder, TinyDecoder, TinyDecoderConfig
 from latent_diffusion.autoencoder.vq import QuantizedLatent, VectorQuantizer, code_perplexity
 
 __all__ = [
@@ -16,6 +17,9 @@ __all__ = [
     "Posterior",
     "QuantizedLatent",
     "ResnetBlock",
+    "TinyDecodedAutoencoder",
+    "TinyDecoder",
+    "TinyDecoderConfig",
     "Upsample",
     "VectorQuantizer",
     "code_perplexity",

@@ -42,7 +42,7 @@ class Backend:
                                  f"{str(param.dtype).removeprefix('torch.')} on {param.device}: load it with "
                                  "device='cpu' and dtype=torch.float32 (ldm: --device cpu), or use backend 'torch'")
             self.unet = OpenVINOUNet(components.unet, cache_dir=cache_dir)
-            self.decoder = OpenVINODecoder(components.autoencoder, cache_dir=cache_dir)
+            self.decoder = OpenVINODecoder(components.decoder, cache_dir=cache_dir)
 
     def for_sampling(self, precision: str) -> DiffusionComponents:
         """The components whose UNet the reverse process calls."""
@@ -52,12 +52,14 @@ class Backend:
         return dataclasses.replace(self.components, unet=self.unet)
 
     def for_decoding(self, precision: str, tiled: bool) -> DiffusionComponents:
-        """The components whose autoencoder decodes; tiled decoding stays PyTorch (its edge tiles
-        would each need a graph of their own shape)."""
+        """The components whose decoder (``components.decoder``: the tiny one if any, else the
+        autoencoder) decodes; tiled decoding stays PyTorch (its edge tiles would each need a graph of
+        their own shape)."""
         if self.decoder is None or tiled:
             return self.components
         self.decoder.precision = precision
-        return dataclasses.replace(self.components, autoencoder=self.decoder)
+        field = "autoencoder" if self.components.tiny_decoder is None else "tiny_decoder"
+        return dataclasses.replace(self.components, **{field: self.decoder})
 
     @property
     def autocast_precision(self) -> bool:

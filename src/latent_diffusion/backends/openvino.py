@@ -206,8 +206,8 @@ class OpenVINOUNet(nn.Module):
 
 
 class OpenVINODecoder(nn.Module):
-    """The autoencoder with ``decode_latents`` computed by OpenVINO; everything else is the
-    wrapped autoencoder's."""
+    """The autoencoder (or a tiny decoder) with ``decode_latents`` computed by OpenVINO; everything
+    else is the wrapped module's."""
 
     def __init__(self, autoencoder: nn.Module, precision: str = "fp32", cache_dir: Path | None = None) -> None:
         super().__init__()

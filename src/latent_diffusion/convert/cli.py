@@ -4,6 +4,7 @@
     ldm convert v2-1_768-ema-pruned.ckpt models/sd21 --prediction v
     ldm convert ./stable-diffusion-2-1-base models/sd21-base     # diffusers folder -> model folder
     ldm convert models/sd15 sd15-diffusers                       # model folder -> diffusers folder
+    ldm convert models/sd15 models/sd15-taesd --tiny-decoder ./taesd   # + a tiny decoder -> model folder
     ldm generate "a lighthouse at dusk" --model models/sd15
 
 The source format is detected. ``.ckpt`` files are only read as plain tensors (never as code).
@@ -31,6 +32,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resolution", type=int, default=None, metavar="PIXELS",
                         help="native image side of a single-file model (default 512; 768 for SD 2.x "
                              "with --prediction v)")
+    parser.add_argument("--tiny-decoder", type=Path, default=None, metavar="DIR",
+                        help="also store this tiny decoder in the written model folder, where it decodes by "
+                             "default (ldm generate --decoder full switches back): a `train: tiny_decoder` run's "
+                             "final/ or a diffusers AutoencoderTiny (TAESD) folder")
     parser.set_defaults(func=run_convert)
 
 
@@ -40,8 +45,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     fmt, dst = convert(args.src, args.dst, prediction=args.prediction, dtype=args.dtype,
-                       resolution=args.resolution)
-    kind = "diffusers folder" if fmt == "ours" else "model folder (ldm generate --model " + str(dst) + ")"
+                       resolution=args.resolution, tiny_decoder=args.tiny_decoder)
+    to_diffusers = fmt == "ours" and args.tiny_decoder is None
+    kind = "diffusers folder" if to_diffusers else "model folder (ldm generate --model " + str(dst) + ")"
     print(f"converted {fmt.replace('_', ' ')} {str(args.src)!r} -> {kind} {str(dst)!r} "
           f"in {time.perf_counter() - start:.1f} s")
     return 0

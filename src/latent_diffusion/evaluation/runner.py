@@ -40,9 +40,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 import latent_diffusion
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.autoencoder.tiny import TinyDecodedAutoencoder
 from latent_diffusion.conditioning.conditioner import TEXT_KINDS
 from latent_diffusion.data.common import ImageCaptionDataset
 from latent_diffusion.evaluation.data import (  # noqa: F401  (part of this module's API)
@@ -102,6 +104,13 @@ class LoadedModel:
     components: DiffusionComponents | None
     resolution: int
     index: dict[str, Any]
+
+    @property
+    def reconstructor(self) -> nn.Module:
+        """What reconstruction is scored on: the autoencoder, or (a model with a tiny decoder, which
+        then makes its pixels) the autoencoder's encoder with the tiny decoder."""
+        tiny = None if self.components is None else self.components.tiny_decoder
+        return self.autoencoder if tiny is None else TinyDecodedAutoencoder(self.autoencoder, tiny)
 
     @property
     def conditioner_kind(self) -> str | None:
@@ -267,7 +276,7 @@ def evaluate(settings: EvalSettings, *, extractor: Extractor | None = None, embe
         cap = settings.num_samples if model.kind == "autoencoder" else settings.num_reference
         count = min(cap or len(dataset), len(dataset))
         metrics["reconstruction"] = reconstruction_metrics(
-            model.autoencoder, dataset, spread_indices(len(dataset), count), extractor,
+            model.reconstructor, dataset, spread_indices(len(dataset), count), extractor,
             batch_size=settings.batch_size, perceptual=settings.perceptual, progress=progress)
         notes += metrics["reconstruction"].pop("notes")
     if "fid" in settings.metrics:

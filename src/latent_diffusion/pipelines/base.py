@@ -9,6 +9,7 @@ subclassed per task; a task is a way of calling :func:`~latent_diffusion.model.r
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,11 +30,12 @@ from latent_diffusion.pipelines.options import MAX_SEED, SamplingOptions
 from latent_diffusion.pipelines.png import GenerationMetadata
 from latent_diffusion.pipelines.tasks import tasks_for
 from latent_diffusion.pixels import images_to_pil
-from latent_diffusion.validation import check_integer, check_positive
+from latent_diffusion.validation import check_choice, check_integer, check_positive
 
 DEFAULT_MODEL_NAME = "emoji-styles"
 DEFAULT_UPSCALER_NAME = "emoji-sr-x4"  # the default of Upscale / ``ldm upscale``
 DEFAULT_VAE_TILE = 64  # latents per tile side of enable_vae_tiling / --vae-tiling
+DECODERS = ("tiny", "full")  # set_decoder / --decoder
 
 
 def default_model_folder(name: str = DEFAULT_MODEL_NAME) -> Path:
@@ -171,6 +173,8 @@ class Pipeline:
         self.components = components.eval()
         self.model_hash = model_hash
         self.vae_tile: int | None = None
+        # The model's tiny decoder, kept while set_decoder("full") has taken it out of the components.
+        self._tiny_decoder = components.tiny_decoder
         self.set_precision(precision)
         self.set_backend(backend)
 
@@ -187,6 +191,25 @@ class Pipeline:
         ``~/.cache/latent-diffusion/openvino``; :mod:`latent_diffusion.backends.openvino`). The
         precision applies on either: bf16 is autocast in PyTorch, the inference precision in OpenVINO."""
         self.backend = Backend(backend, self.components, None if cache_dir is None else Path(cache_dir))
+        self._backend_cache = cache_dir
+
+    @property
+    def decoder(self) -> str:
+        """Which decoder makes the pixels: ``tiny`` (the model folder's tiny decoder) or ``full`` (the
+        autoencoder's)."""
+        return "full" if self.components.tiny_decoder is None else "tiny"
+
+    def set_decoder(self, decoder: str) -> None:
+        """``full``: decode with the autoencoder's decoder; ``tiny``: with the model's tiny decoder (its
+        default when the folder has one: a few times faster, slightly softer; autoencoder/tiny.py)."""
+        check_choice("decoder", decoder, DECODERS)
+        if decoder == "tiny" and self._tiny_decoder is None:
+            raise ValueError("this model has no tiny decoder: use decoder 'full', or add one with "
+                             "`ldm convert MODEL DST --tiny-decoder DIR`")
+        if decoder != self.decoder:
+            self.components = dataclasses.replace(
+                self.components, tiny_decoder=self._tiny_decoder if decoder == "tiny" else None)
+            self.set_backend(self.backend.name, self._backend_cache)
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:
@@ -223,7 +246,7 @@ class Pipeline:
         is None because they were never saved.
         """
         if isinstance(path, DiffusionComponents):
-            for module in (path.autoencoder, path.unet, path.conditioner):
+            for module in path.networks:
                 module.to(device=device, dtype=dtype)
             return cls(path, precision=precision, backend=backend)
         folder = default_model_folder(cls.default_model) if path is None else Path(path)
@@ -358,7 +381,7 @@ class Pipeline:
         param = next(self.components.unet.parameters())
         common = dict(model_hash=self.model_hash, ldm_version=latent_diffusion.__version__,
                       device=str(param.device), dtype=str(param.dtype).removeprefix("torch."),
-                      precision=self.precision, backend=self.backend.name, **fields)
+                      precision=self.precision, backend=self.backend.name, decoder=self.decoder, **fields)
         return [GenerationMetadata(index=i, **common) for i in range(count)]
 
     def _decode(self, latents: torch.Tensor, interrupt: Callable[[], None] | None = None) -> torch.Tensor:
@@ -372,5 +395,5 @@ class Pipeline:
         return images
 
 
-__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_SAMPLING", "DEFAULT_UPSCALER_NAME", "MAX_SEED", "GenerationResult", "Pipeline",
+__all__ = ["DECODERS", "DEFAULT_MODEL_NAME", "DEFAULT_SAMPLING", "DEFAULT_UPSCALER_NAME", "MAX_SEED", "GenerationResult", "Pipeline",
            "PlannedCall", "PromptBatch", "SamplingOptions", "WrongModelError", "default_model_folder", "prompt_list"]

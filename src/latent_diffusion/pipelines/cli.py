@@ -22,7 +22,7 @@ from typing import Any
 from latent_diffusion.backends import BACKENDS
 from latent_diffusion.cli import UsageError
 from latent_diffusion.hardware import PRECISIONS
-from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME, DEFAULT_UPSCALER_NAME
+from latent_diffusion.pipelines.base import DECODERS, DEFAULT_MODEL_NAME, DEFAULT_UPSCALER_NAME
 from latent_diffusion.pipelines.options import SamplingOptions
 from latent_diffusion.pipelines.tasks import TASKS, Task
 from latent_diffusion.pipelines.upscale import DEFAULT_BACK_PROJECTION
@@ -102,6 +102,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, guidance: float = 5.0
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     add_precision_argument(parser)
     add_backend_argument(parser)
+    add_decoder_argument(parser)
     parser.add_argument("--vae-tiling", action="store_true",
                         help="decode large images in overlapping tiles (less memory, seams blended)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -141,6 +142,13 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
                              "'.[openvino]'; graphs exported once per image size and cached)")
 
 
+def add_decoder_argument(parser: argparse.ArgumentParser) -> None:
+    """``--decoder tiny|full`` (default: the model's own), shared by the generating commands and ``ldm serve``."""
+    parser.add_argument("--decoder", default=None, choices=DECODERS,
+                        help="what turns latents into pixels: the model folder's tiny decoder (its default when it "
+                             "has one: faster, slightly softer) or the autoencoder's full decoder")
+
+
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision auto|fp32|bf16`` (default auto), shared by the generating commands and ``ldm serve``."""
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -149,8 +157,9 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None, precision: str = "fp32",
-                  backend: str = "torch") -> Any:
-    """``pipeline_class.from_pretrained`` (default TextToImage), any failure a one-line UsageError."""
+                  backend: str = "torch", decoder: str | None = None) -> Any:
+    """``pipeline_class.from_pretrained`` (default TextToImage) with ``decoder`` set (None: the model's
+    own), any failure a one-line UsageError."""
     from latent_diffusion.backends import BackendError
     from latent_diffusion.backends.openvino import BackendUnavailable
     from latent_diffusion.hardware import resolve_device
@@ -158,7 +167,7 @@ def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None, p
     from latent_diffusion.pipelines.text_to_image import TextToImage
 
     try:
-        return (pipeline_class or TextToImage).from_pretrained(model, device=resolve_device(device),
+        pipe = (pipeline_class or TextToImage).from_pretrained(model, device=resolve_device(device),
                                                                precision=precision, backend=backend)
     except (FileNotFoundError, WrongModelError, BackendError, BackendUnavailable) as err:
         raise UsageError(_one_line(err)) from err
@@ -166,6 +175,12 @@ def load_pipeline(model: Path | None, device: str, pipeline_class: Any = None, p
         # A corrupt folder fails in many ways (bad JSON, bad config field, truncated weights).
         raise UsageError(f"cannot load the model folder {str(model)!r}: {_one_line(err)}; pass --model "
                          "with a complete folder written by training (runs/<name>/final)") from err
+    if decoder is not None:
+        try:
+            pipe.set_decoder(decoder)
+        except ValueError as err:
+            raise UsageError(_one_line(err)) from err
+    return pipe
 
 
 def _one_line(err: BaseException) -> str:
@@ -208,7 +223,8 @@ def run_task(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} {str(path)!r} does not exist or is not a file; check the path")
         images.append(str(path))
     paths = output_paths(args.output, args.seed, 1 if args.grid else args.num_images)
-    pipe = load_pipeline(args.model, args.device, task.pipeline(), precision=args.precision, backend=args.backend)
+    pipe = load_pipeline(args.model, args.device, task.pipeline(), precision=args.precision, backend=args.backend,
+                         decoder=args.decoder)
     if task.name == "txt2img" and args.class_name is not None and pipe.components.conditioner.kind != "class":
         raise UsageError(f"--class needs a class-conditional model; this one is conditioned on "
                          f"{pipe.components.conditioner.kind!r}: pass the text as PROMPT instead")

@@ -58,6 +58,7 @@ class GenerationMetadata:
     dtype: str = "float32"
     precision: str = "fp32"  # "bf16": the UNet and decoder ran under bf16 autocast
     backend: str = "torch"  # "openvino": the UNet and decoder ran in OpenVINO (latent_diffusion.backends)
+    decoder: str = "full"  # "tiny": the model folder's tiny decoder made the pixels (Pipeline.set_decoder)
     task: str = "txt2img"
     strength: float | None = None
     image_hash: str | None = None
@@ -142,6 +143,7 @@ class GenerationMetadata:
             "model_hash": self.model_hash or "",
             "precision": self.precision,
             **({"backend": self.backend} if self.backend != "torch" else {}),
+            **({"decoder": self.decoder} if self.decoder != "full" else {}),
             "ldm_version": self.ldm_version,
             "Software": f"latent_diffusion {self.ldm_version}",
         }

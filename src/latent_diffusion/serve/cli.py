@@ -17,7 +17,7 @@ from typing import Any
 
 from latent_diffusion.cli import UsageError
 from latent_diffusion.pipelines.base import DEFAULT_MODEL_NAME
-from latent_diffusion.pipelines.cli import add_backend_argument, add_precision_argument
+from latent_diffusion.pipelines.cli import add_backend_argument, add_decoder_argument, add_precision_argument
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     add_precision_argument(parser)
     add_backend_argument(parser)
+    add_decoder_argument(parser)
     parser.add_argument("--concurrency", type=int, default=1, help="jobs generating at once (default 1)")
     parser.add_argument("--max-waiting", type=int, default=16,
                         help="jobs allowed to wait; more are answered 429 (default 16)")
@@ -92,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from latent_diffusion.pipelines.text_to_image import TextToImage
 
     # One-line errors for a bad folder or a backend that is not installed.
-    text = load_pipeline(args.model, args.device, TextToImage, args.precision, args.backend)
+    text = load_pipeline(args.model, args.device, TextToImage, args.precision, args.backend, args.decoder)
     upscaler = None
     if args.upscaler is not None:
         from latent_diffusion.pipelines.upscale import Upscale

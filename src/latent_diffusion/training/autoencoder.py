@@ -9,6 +9,10 @@ and stored in the exported autoencoder's config.
 ``train: decoder`` fine-tunes only the decoder of a trained autoencoder (``init_from``): the
 encoder is frozen, so the latents, their scale factor and every UNet trained on them stay valid
 while reconstructions sharpen (Stable Diffusion's ft-EMA / ft-MSE VAE decoders were made so).
+``train: tiny_decoder`` keeps the whole autoencoder frozen and trains a :class:`TinyDecoder`
+(``tiny_decoder:``) with the same losses to decode its scaled latents (posterior samples, as the
+UNet learns them) into the training images: a fast stand-in decoder (TAESD's recipe on our latents),
+exported as ``tiny_decoder.json`` / ``.safetensors`` for ``ldm convert --tiny-decoder``.
 
 Data order is a pure function of ``(seed, step)`` and every random draw of a step comes from a
 generator seeded by ``(seed, step, rank)``, so runs are reproducible and resume exactly.
@@ -29,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from latent_diffusion.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder
+from latent_diffusion.autoencoder.tiny import TinyDecodedAutoencoder, TinyDecoder, TinyDecoderConfig
 from latent_diffusion.config import Config
 from latent_diffusion.data import DataConfig, dataset_from_config
 from latent_diffusion.hardware import resolve_device, resolve_precision
@@ -61,14 +66,27 @@ class AutoencoderTrainingConfig(Config):
     # A trained autoencoder (a folder with autoencoder.json: a run's final/ or a model folder) whose
     # weights start this run; on --resume the checkpoint's weights replace them.
     init_from: str | None = None
-    train: Literal["all", "decoder"] = "all"  # decoder: see the module docstring
+    train: Literal["all", "decoder", "tiny_decoder"] = "all"  # see the module docstring
+    tiny_decoder: TinyDecoderConfig | None = None  # the architecture, for train: tiny_decoder
 
     def __post_init__(self) -> None:
         check_positive("scale_factor_samples", self.scale_factor_samples)
-        check_choice("train", self.train, ("all", "decoder"))
-        if self.train == "decoder" and not self.init_from:
-            raise ValueError("train: decoder fine-tunes a trained autoencoder's decoder; set init_from to its "
+        check_choice("train", self.train, ("all", "decoder", "tiny_decoder"))
+        if self.train != "all" and not self.init_from:
+            raise ValueError(f"train: {self.train} trains a decoder for a trained autoencoder; set init_from to its "
                              "folder (a run's final/ or a model folder), or use train: all")
+        if (self.train == "tiny_decoder") != (self.tiny_decoder is not None):
+            raise ValueError("a tiny_decoder: section goes with train: tiny_decoder, and train: tiny_decoder needs "
+                             "one (e.g. tiny_decoder: {channels: [64, 64, 64], blocks: [3, 3, 1]} for f=4)")
+        if self.tiny_decoder is not None:
+            tiny, model = self.tiny_decoder, self.model
+            if (tiny.latent_channels, tiny.out_channels, tiny.downsampling_factor) != (
+                    model.z_channels, model.out_channels, model.downsampling_factor):
+                raise ValueError(
+                    f"tiny_decoder (latent_channels={tiny.latent_channels}, out_channels={tiny.out_channels}, "
+                    f"{len(tiny.blocks)} levels: f={tiny.downsampling_factor}) must match the autoencoder "
+                    f"(z_channels={model.z_channels}, out_channels={model.out_channels}, "
+                    f"f={model.downsampling_factor}): give it {len(model.channel_mult)} levels")
         if self.loss.regularizer != self.model.regularizer:
             raise ValueError(
                 f"loss.regularizer={self.loss.regularizer!r} must equal model.regularizer="
@@ -123,11 +141,20 @@ class AutoencoderTrainer:
             for name in ENCODER_SIDE:
                 if hasattr(self.model, name):
                     getattr(self.model, name).requires_grad_(False)
+        # What learns: the autoencoder, or (train: tiny_decoder) a TinyDecoder beside the frozen one.
+        self.tiny = None if config.tiny_decoder is None else TinyDecoder(config.tiny_decoder)
+        if self.tiny is not None:
+            self.model.requires_grad_(False).eval()
+        self.learner: torch.nn.Module = self.model if self.tiny is None else self.tiny
         self.model = self.model.to(self.device, memory_format=memory_format(config.run))
-        compile_in_place(self.model, config.run, self.device)
+        self.learner = self.learner.to(self.device, memory_format=memory_format(config.run))
+        compile_in_place(self.learner, config.run, self.device)
+        # init_from is required with a tiny decoder; its scale factor is the one the UNets' latents carry.
+        self.reconstruct = self.model if self.tiny is None else TinyDecodedAutoencoder(
+            self.model, self.tiny, self.source_scale_factor)
         # Resolved once, so a resumed run on the same machine keeps the same arithmetic.
         self.precision = resolve_precision(config.run.precision, self.device)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = [p for p in self.learner.parameters() if p.requires_grad]
         self.loss = AutoencoderLoss(config.loss).to(self.device)
         self.train_set = dataset_from_config(config.data, "train")
         # before any write
@@ -172,15 +199,15 @@ class AutoencoderTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         reconstructions, logs = [], []
         for part in micro_batches:
-            with self.accumulator.micro_batch(self.model) as micro:
+            with self.accumulator.micro_batch(self.learner) as micro:
                 with self._autocast():
-                    recon, posterior = self.model(part, sample_posterior=True, generator=generator)
+                    recon, posterior = self.reconstruct(part, sample_posterior=True, generator=generator)
                     g_loss, g_logs = self.loss.generator_loss(part, recon.float(), posterior.regularization_loss(),
-                                                              self.model.last_layer, self.step)
+                                                              self.learner.last_layer, self.step)
                 micro.backward(g_loss)
             reconstructions.append(recon.detach().float())
             logs.append({**g_logs, **{k: float(v) for k, v in posterior.stats().items()}})
-        self.ctx.average_gradients(self.model)
+        self.ctx.average_gradients(self.learner)
         grad_norm = clip_grad(self.trainable, cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -203,11 +230,18 @@ class AutoencoderTrainer:
         mean["total"] = float(self.ctx.all_reduce_mean(torch.tensor(mean["total"])))
         return mean
 
+    def _learner_entry(self) -> tuple[str, torch.nn.Module, object]:
+        """Checkpoint name, module and config of what this run trains."""
+        if self.tiny is None:
+            return "autoencoder", self.model, self.config.model
+        return "tiny_decoder", self.tiny, self.config.tiny_decoder
+
     def _save(self) -> None:
         if self.ctx.is_main:
+            name, module, config = self._learner_entry()
             self.checkpoints.save(
                 self.step,
-                {"autoencoder": (self.model, self.config.model),
+                {name: (module, config),
                  "discriminator": (self.loss, self.config.loss)},
                 optimizers={"autoencoder": self.optimizer, "discriminator": self.disc_optimizer},
                 schedulers={"autoencoder": self.scheduler},
@@ -217,7 +251,7 @@ class AutoencoderTrainer:
 
     def _resume(self) -> None:
         self.step = self.checkpoints.resume(
-            {"autoencoder": self.model, "discriminator": self.loss},
+            {self._learner_entry()[0]: self.learner, "discriminator": self.loss},
             optimizers={"autoencoder": self.optimizer, "discriminator": self.disc_optimizer},
             schedulers={"autoencoder": self.scheduler})
 
@@ -235,10 +269,10 @@ class AutoencoderTrainer:
         """Inputs above reconstructions, as one grid."""
         if not self.ctx.is_main:
             return
-        self.model.eval()
+        self.learner.eval()
         with torch.no_grad(), self._autocast():
-            reconstructions, _ = self.model(images.to(self.device), sample_posterior=False)
-        self.model.train()
+            reconstructions, _ = self.reconstruct(images.to(self.device), sample_posterior=False)
+        self.learner.train()
         grid = torch.cat([images.cpu(), reconstructions.float().clamp(-1, 1).cpu()])
         logger.log_images(self.step, "reconstructions", grid, nrow=len(images))
 
@@ -260,11 +294,16 @@ class AutoencoderTrainer:
         return 1.0 / std
 
     def export(self, folder: Path) -> Path:
-        """Write ``autoencoder.json`` (with the scale factor) and its weights to ``folder``.
+        """Write ``autoencoder.json`` (with the scale factor) and its weights to ``folder``
+        (``tiny_decoder.json`` and its weights after ``train: tiny_decoder``).
 
         The scale factor is measured, except after ``train: decoder``: the latents are the
         source's, and UNets trained on them were scaled by the source's factor, so it is kept.
         """
+        if self.tiny is not None:
+            with atomic_directory(folder) as tmp:
+                save_module(self.tiny, self.config.tiny_decoder, tmp, "tiny_decoder")
+            return folder
         decoder_only = self.config.train == "decoder"  # then init_from was required and set the source's
         scale = self.source_scale_factor if decoder_only else self.measure_scale_factor()
         config = self.config.model.replace(scale_factor=scale)
@@ -280,7 +319,7 @@ class AutoencoderTrainer:
                               self.ctx.world_size, self.ctx.rank, run.seed, self.step, run.max_steps)
         batches = iter(DataLoader(self.train_set, batch_sampler=sampler, num_workers=run.num_workers))
         previews = self.preview_images() if self.ctx.is_main else None
-        self.model.train()
+        self.learner.train()
         self.loss.train()
         return run_training(
             ctx=self.ctx, run=run, desc="autoencoder", current_step=lambda: self.step,

@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                 "distil one into a few-step consistency model",
                                   description=__doc__.split("\n\n")[0])
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for stage, text in (("autoencoder", "stage 1: the KL/VQ autoencoder with perceptual and GAN losses"),
+    for stage, text in (("autoencoder", "stage 1: the KL/VQ autoencoder with perceptual and GAN losses (or, with "
+                                        "train: decoder / tiny_decoder, a new decoder for a trained one)"),
                         ("diffusion", "stage 2: the latent diffusion UNet on a frozen autoencoder"),
                         ("distill", "latent consistency distillation of a trained text-to-image model (teacher) "
                                     "into a 2-8 step student with the guidance scale as an input")):
