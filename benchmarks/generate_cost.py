@@ -34,6 +34,7 @@ Random weights cost the same as trained ones, so 4 and 5 measure the real archit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import warnings
 from pathlib import Path
@@ -210,9 +211,8 @@ def main() -> None:
         # The student samples with its own sampler and guidance; --sampler/--guidance are the first model's.
         student_args = argparse.Namespace(**{**vars(args), "sampler": None, "guidance": None})
         students = [student]
-        if student.decoder == "tiny":  # the same student with the full decoder, for comparison
-            full = TextToImage.from_pretrained(args.student)
-            full.set_decoder("full")
+        if student.decoder == "tiny":  # the same student (same weights) with the full decoder, for comparison
+            full = TextToImage(dataclasses.replace(student.components, tiny_decoder=None))
             configure(full, args)
             students.append(full)
         cases += [(s, settings(s, student_args, steps)) for s in students for steps in student_steps]

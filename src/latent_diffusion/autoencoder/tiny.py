@@ -59,7 +59,8 @@ class TinyDecoderConfig(Config):
 
 
 class TinyBlock(nn.Module):
-    """``relu(conv(relu(conv(relu(conv(x))))) + x)``: diffusers' ``AutoencoderTinyBlock`` at equal widths."""
+    """``relu(conv(relu(conv(relu(conv(x))))) + x)``: diffusers' ``AutoencoderTinyBlock`` at equal widths
+    (where its ``skip`` is an identity, which holds no weights)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -68,12 +69,11 @@ class TinyBlock(nn.Module):
             nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, channels, kernel_size=3, padding=1),
         )
-        self.skip = nn.Identity()
         self.fuse = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The residual block."""
-        return self.fuse(self.conv(x) + self.skip(x))
+        return self.fuse(self.conv(x) + x)
 
 
 class TinyDecoder(nn.Module):

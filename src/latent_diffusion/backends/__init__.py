@@ -31,6 +31,7 @@ class Backend:
         check_choice("backend", name, BACKENDS)
         self.name = name
         self.components = components
+        self.cache_dir = cache_dir
         self.unet = self.decoder = None
         if name == "openvino":
             from latent_diffusion.backends.openvino import OpenVINODecoder, OpenVINOUNet, require_openvino
@@ -43,6 +44,15 @@ class Backend:
                                  "device='cpu' and dtype=torch.float32 (ldm: --device cpu), or use backend 'torch'")
             self.unet = OpenVINOUNet(components.unet, cache_dir=cache_dir)
             self.decoder = OpenVINODecoder(components.decoder, cache_dir=cache_dir)
+
+    def follow_decoder(self, components: DiffusionComponents) -> None:
+        """Take ``components`` (the same networks, another ``components.decoder``): only the decoder's
+        wrapper is rebuilt, the UNet's compiled graph is kept."""
+        self.components = components
+        if self.decoder is not None:
+            from latent_diffusion.backends.openvino import OpenVINODecoder
+
+            self.decoder = OpenVINODecoder(components.decoder, cache_dir=self.cache_dir)
 
     def for_sampling(self, precision: str) -> DiffusionComponents:
         """The components whose UNet the reverse process calls."""

@@ -80,6 +80,7 @@ def convert(src: str | Path, dst: str | Path, prediction: str | None = None,
             components = dataclasses.replace(components, tiny_decoder=tiny)
         except ValueError as err:
             raise ConversionError(f"--tiny-decoder {str(tiny_decoder)!r} does not fit {str(src)!r}: {err}") from err
+    noted = {} if tiny is None else {"tiny_decoder_from": Path(tiny_decoder).name}
     if fmt == "ours" and tiny is None:
         if components.tiny_decoder is not None:
             warnings.warn(f"{str(src)!r} has a tiny decoder; the diffusers folder gets the full VAE only (a "
@@ -87,12 +88,10 @@ def convert(src: str | Path, dst: str | Path, prediction: str | None = None,
         save_diffusers(components, dst, dtype=DTYPES[dtype])
     elif fmt == "ours":  # the same model with a tiny decoder: what its index said of it still holds
         kept = {key: value for key, value in read_index(src).items() if key not in OWN_INDEX_KEYS}
-        save_components(components, dst, dtype=DTYPES[dtype],
-                        extra={**kept, "tiny_decoder_from": Path(tiny_decoder).name})
+        save_components(components, dst, dtype=DTYPES[dtype], extra={**kept, **noted})
     else:
         save_components(components, dst, dtype=DTYPES[dtype],
-                        extra={"converted_from": {"format": fmt, "path": Path(src).name},
-                               **({"tiny_decoder_from": Path(tiny_decoder).name} if tiny is not None else {})})
+                        extra={"converted_from": {"format": fmt, "path": Path(src).name}, **noted})
     return fmt, dst
 
 

@@ -191,7 +191,6 @@ class Pipeline:
         ``~/.cache/latent-diffusion/openvino``; :mod:`latent_diffusion.backends.openvino`). The
         precision applies on either: bf16 is autocast in PyTorch, the inference precision in OpenVINO."""
         self.backend = Backend(backend, self.components, None if cache_dir is None else Path(cache_dir))
-        self._backend_cache = cache_dir
 
     @property
     def decoder(self) -> str:
@@ -209,7 +208,7 @@ class Pipeline:
         if decoder != self.decoder:
             self.components = dataclasses.replace(
                 self.components, tiny_decoder=self._tiny_decoder if decoder == "tiny" else None)
-            self.set_backend(self.backend.name, self._backend_cache)
+            self.backend.follow_decoder(self.components)
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:

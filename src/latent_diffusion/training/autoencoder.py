@@ -145,9 +145,10 @@ class AutoencoderTrainer:
         self.tiny = None if config.tiny_decoder is None else TinyDecoder(config.tiny_decoder)
         if self.tiny is not None:
             self.model.requires_grad_(False).eval()
+        for module in (self.model, self.tiny):
+            if module is not None:
+                module.to(self.device, memory_format=memory_format(config.run))  # in place
         self.learner: torch.nn.Module = self.model if self.tiny is None else self.tiny
-        self.model = self.model.to(self.device, memory_format=memory_format(config.run))
-        self.learner = self.learner.to(self.device, memory_format=memory_format(config.run))
         compile_in_place(self.learner, config.run, self.device)
         # init_from is required with a tiny decoder; its scale factor is the one the UNets' latents carry.
         self.reconstruct = self.model if self.tiny is None else TinyDecodedAutoencoder(
