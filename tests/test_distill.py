@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from latent_diffusion.autoencoder import Autoencoder
 from latent_diffusion.data import DataConfig
 from latent_diffusion.diffusion.consistency import ConsistencyConfig
 from latent_diffusion.io import load_tensors
@@ -195,6 +196,21 @@ def test_resume_is_bit_identical(workspace: Path) -> None:
     final = resumed.train()
     a, b = load_tensors(straight / "unet.safetensors"), load_tensors(final / "unet.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distillations_share_a_latent_cache_dir(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = workspace / "shared-cache"
+    first = DistillTrainer(make_config(workspace, "cached-1", steps=1, cache_dir=str(shared)))
+    files = sorted(p.name for p in shared.iterdir())
+    assert len(files) == 2 and not (workspace / "cached-1" / "cache").exists()
+    # The second run reads the file the first one wrote: it would fail if it encoded a picture.
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the shared latent cache was encoded again")
+
+    monkeypatch.setattr(Autoencoder, "encode", no_encoding)
+    second = DistillTrainer(make_config(workspace, "cached-2", steps=1, cache_dir=str(shared)))
+    assert sorted(p.name for p in shared.iterdir()) == files
+    assert torch.equal(second.latents.mean, first.latents.mean)
 
 
 def test_what_a_consistency_model_refuses(workspace: Path) -> None:

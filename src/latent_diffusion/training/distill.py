@@ -58,7 +58,8 @@ from latent_diffusion.training.loop import autocast, compile_in_place, run_train
 from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
-from latent_diffusion.unet import UNet
+from latent_diffusion.unet import UNet, UNetConfig
+from latent_diffusion.unet.pruning import prune_res_blocks
 from latent_diffusion.validation import check_choice, check_in_range, check_positive
 
 LOSSES = ("huber", "l2")
@@ -81,11 +82,23 @@ class DistillTrainingConfig(Config):
     run: RunConfig = field(default_factory=RunConfig)
     ema_decay: float = 0.95  # of the target network (LCM's)
     preview: PreviewConfig = field(default_factory=_lcm_preview)
+    # A smaller, faster student: this many residual blocks per level instead of the teacher's, the
+    # others removed as BK-SDM does (unet/pruning.py) before training. None keeps the teacher's.
+    student_res_blocks: int | None = None
+    # Start the student from this consistency model folder (e.g. an earlier distillation of the same
+    # teacher) instead of the teacher itself; pruned too if student_res_blocks is set.
+    student_init: str | None = None
+    # Where the latent cache lives; None: <run_dir>/cache. As in stage 2 its file is named by a digest
+    # of the autoencoder's weights and the data settings, so distillations of one teacher (and stage-2
+    # runs on its autoencoder) can share one folder and encode the pictures once.
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSSES)
         check_positive("huber_c", self.huber_c)
         check_in_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.student_res_blocks is not None:
+            check_positive("student_res_blocks", self.student_res_blocks)
         # The previews sample the student as it will be sampled: refused now, not at the first grid.
         if self.preview.sampler != "lcm":
             raise ValueError(f"preview.sampler={self.preview.sampler!r}: a consistency model samples with lcm")
@@ -138,14 +151,10 @@ class DistillTrainer:
         self.schedule = self.teacher.schedule
         self.grid = teacher_grid(self.schedule.num_timesteps, config.consistency.original_steps)
         self.precision = resolve_precision(config.run.precision, self.device)
-        unet_config = self.teacher.unet.config.replace(time_cond_proj_dim=config.consistency.embedding_dim)
+        unet_config, state, source = self._student_start()
         self.student = UNet(unet_config).to(self.device)
         with torch.no_grad():
-            # The teacher's weights, and a guidance projection at zero: the student starts as the
-            # teacher's conditional model and learns what guidance adds.
-            state = {**self.teacher.unet.state_dict(), "time_cond_proj.weight": torch.zeros_like(
-                self.student.time_cond_proj.weight)}
-            load_state_strict(self.student, state, source=str(config.teacher))
+            load_state_strict(self.student, state, source=source)
         self.target = copy.deepcopy(self.student).requires_grad_(False).eval()
         compile_in_place(self.student, config.run, self.device)  # after the copy: the target stays eager
         self.latents = self._build_latents()
@@ -158,6 +167,29 @@ class DistillTrainer:
         self.step = 0
         if resume:
             self._resume()
+
+    def _student_start(self) -> tuple[UNetConfig, dict[str, torch.Tensor], str]:
+        """The student's architecture, its first weights and where they came from."""
+        config = self.config
+        full = self.teacher.unet.config.replace(time_cond_proj_dim=config.consistency.embedding_dim)
+        if config.student_init is None:
+            # The teacher's weights, and a guidance projection at zero: the student starts as the
+            # teacher's conditional model and learns what guidance adds.
+            dim = config.consistency.embedding_dim
+            state = {**self.teacher.unet.state_dict(),
+                     "time_cond_proj.weight": torch.zeros(full.model_channels, dim)}
+            unet_config, source = full, str(config.teacher)
+        else:
+            init = load_components(config.student_init, device=self.device)
+            own = init.unet.config
+            if init.consistency is None or own.replace(num_res_blocks=full.num_res_blocks) != full:
+                raise ValueError(f"student_init={config.student_init!r} is not a consistency model of the teacher's "
+                                 f"UNet with consistency.embedding_dim={config.consistency.embedding_dim}; give an "
+                                 "earlier distillation of this teacher, or leave student_init out to start from it")
+            unet_config, state, source = own, init.unet.state_dict(), str(config.student_init)
+        if config.student_res_blocks is not None and config.student_res_blocks != unet_config.num_res_blocks:
+            unet_config, state = prune_res_blocks(unet_config, state, config.student_res_blocks)
+        return unet_config, state, source
 
     # ---- data ---------------------------------------------------------------------------------
     @property
@@ -172,8 +204,9 @@ class DistillTrainer:
         self.composer = caption_composer(dataset, config.data)
         weights = Path(config.teacher) / "autoencoder.safetensors"
         key = cache_key("latent-cache-v1", file_digest(weights), config.data.to_dict())
+        cache_dir = self.run_dir / "cache" if config.cache_dir is None else Path(config.cache_dir)
         return shared_latents(self.ctx, self.teacher.autoencoder, dataset,
-                              self.run_dir / "cache" / f"latents-{key}.safetensors", device=self.device,
+                              cache_dir / f"latents-{key}.safetensors", device=self.device,
                               num_workers=config.run.num_workers, all_variants=config.data.caption_mode == "random")
 
     def _order(self, step: int) -> torch.Tensor:
@@ -287,8 +320,10 @@ class DistillTrainer:
 
     def export(self, folder: Path) -> Path:
         """Write the target network with the teacher's other parts as a model folder."""
-        return save_components(self.components(), folder, extra={
-            "training_steps": self.step, "distilled_from": model_hash(self.config.teacher)})
+        extra = {"training_steps": self.step, "distilled_from": model_hash(self.config.teacher)}
+        if self.config.student_init is not None:
+            extra["student_init"] = model_hash(self.config.student_init)
+        return save_components(self.components(), folder, extra=extra)
 
     def train(self) -> Path:
         """Run until ``run.max_steps``, checkpointing as configured; returns the exported folder."""
