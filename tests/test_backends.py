@@ -12,7 +12,7 @@ import torch
 
 from latent_diffusion import cli
 from latent_diffusion.backends import Backend, BackendError
-from latent_diffusion.backends.openvino import BackendUnavailable, weights_digest
+from latent_diffusion.backends.openvino import BackendUnavailable, cpu_supports_bf16, weights_digest
 from latent_diffusion.pipelines import TextToImage, read_generation_metadata
 from test_text_to_image import tiny_components, tiny_model_folder
 
@@ -63,6 +63,8 @@ def test_openvino_draws_the_pytorch_image_within_tolerance(components, tmp_path:
 
 
 def test_bf16_is_openvino_inference_precision(components, tmp_path: Path) -> None:
+    if not cpu_supports_bf16(openvino.Core()):
+        pytest.skip("OpenVINO's CPU plugin has no bf16 on this CPU (the refusal is tested below)")
     reference = TextToImage(components)("a red heart", **CALL).latents
     autocast = TextToImage(components, precision="bf16")("a red heart", **CALL).latents
     pipe = TextToImage(components, precision="bf16")
@@ -73,6 +75,22 @@ def test_bf16_is_openvino_inference_precision(components, tmp_path: Path) -> Non
     # it ran f32, far more would mean a broken graph.
     drift, autocast_drift = ((x - reference).abs().mean() for x in (got.latents, autocast))
     assert 0 < drift < 3 * autocast_drift, (drift, autocast_drift)
+
+
+def test_bf16_is_refused_before_any_work_where_openvino_has_no_bf16(components, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    # On such a CPU (AVX2 only) compiling a bf16 graph segfaults OpenVINO 2026.4: refuse it instead.
+    monkeypatch.setattr("latent_diffusion.backends.openvino.cpu_supports_bf16", lambda core: False)
+    spy = ConvertSpy(monkeypatch)
+    with pytest.raises(BackendError, match="has no bf16 on this CPU.*--precision fp32"):
+        TextToImage(components, precision="bf16").set_backend("openvino", cache_dir=tmp_path)
+    pipe = TextToImage(components)
+    pipe.set_backend("openvino", cache_dir=tmp_path)
+    with pytest.raises(BackendError, match="has no bf16"):
+        pipe.set_precision("bf16")
+    assert pipe.precision == "fp32" and spy.calls == 0  # the refused setting was not taken
+    pipe.set_precision("fp32")  # fp32 still runs there
+    assert pipe("a red heart", **CALL).metadata[0].backend == "openvino"
 
 
 def test_cache_is_reused_when_whole_and_rebuilt_when_corrupt(components, tmp_path: Path, monkeypatch) -> None:

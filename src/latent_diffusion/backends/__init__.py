@@ -45,6 +45,20 @@ class Backend:
             self.unet = OpenVINOUNet(components.unet, cache_dir=cache_dir)
             self.decoder = OpenVINODecoder(components.decoder, cache_dir=cache_dir)
 
+    def check_precision(self, precision: str) -> None:
+        """Refuse, before any work, a precision this backend cannot run here: OpenVINO's bf16 on a
+        CPU whose plugin has no bf16 (compiling for it would crash the process)."""
+        if self.name != "openvino" or precision != "bf16":
+            return
+        from latent_diffusion.backends.openvino import cpu_supports_bf16
+
+        core = self.unet.runner.core
+        if not cpu_supports_bf16(core):
+            offered = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            raise BackendError(f"backend 'openvino' with precision 'bf16': OpenVINO's CPU plugin has no bf16 on this "
+                               f"CPU (it offers {offered}); use --precision fp32 or auto (auto picks fp32 here), or "
+                               "--backend torch")
+
     def follow_decoder(self, components: DiffusionComponents) -> None:
         """Take ``components`` (the same networks, another ``components.decoder``): only the decoder's
         wrapper is rebuilt, the UNet's compiled graph is kept."""

@@ -87,6 +87,14 @@ class _Positional(nn.Module):
         return self.call(**dict(zip(self.names, inputs)))
 
 
+def cpu_supports_bf16(core: Any) -> bool:
+    """Whether OpenVINO's CPU plugin offers bf16 inference on this CPU (its optimization
+    capabilities list ``BF16``: AVX512-BF16 or AMX). Where it does not, compiling with a bf16
+    inference precision crashes the process (OpenVINO 2026.4 on an AVX2-only CPU: a segfault,
+    which no fallback can catch), so the backend refuses bf16 up front."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class GraphRunner:
     """Exports, caches, compiles and runs one network for each input signature it meets."""
 
@@ -239,5 +247,5 @@ class OpenVINODecoder(nn.Module):
         return self.torch_module.encode_latents(x)
 
 
-__all__ = ["BackendUnavailable", "GraphRunner", "OpenVINODecoder", "OpenVINOUNet", "default_cache_dir",
-           "require_openvino", "weights_digest"]
+__all__ = ["BackendUnavailable", "GraphRunner", "OpenVINODecoder", "OpenVINOUNet", "cpu_supports_bf16",
+           "default_cache_dir", "require_openvino", "weights_digest"]

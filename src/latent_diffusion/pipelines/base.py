@@ -183,14 +183,19 @@ class Pipeline:
         or ``auto``: bf16 where the device has bf16 matrix units (AMX / AVX512-BF16 CPUs, CUDA),
         else fp32. The resolved choice is :attr:`precision` and goes into each image's metadata."""
         device = next(self.components.unet.parameters()).device
-        self.precision = resolve_precision(precision, device)
+        resolved = resolve_precision(precision, device)
+        if hasattr(self, "backend"):  # the constructor sets the precision before the backend
+            self.backend.check_precision(resolved)
+        self.precision = resolved
 
     def set_backend(self, backend: str, cache_dir: str | Path | None = None) -> None:
         """Where the UNet and the VAE decoder run: ``torch`` (default) or ``openvino`` (the optional
         extra; a graph exported once per input shape and cached under ``cache_dir``, default
         ``~/.cache/latent-diffusion/openvino``; :mod:`latent_diffusion.backends.openvino`). The
         precision applies on either: bf16 is autocast in PyTorch, the inference precision in OpenVINO."""
-        self.backend = Backend(backend, self.components, None if cache_dir is None else Path(cache_dir))
+        chosen = Backend(backend, self.components, None if cache_dir is None else Path(cache_dir))
+        chosen.check_precision(self.precision)
+        self.backend = chosen
 
     @property
     def decoder(self) -> str:
