@@ -39,7 +39,7 @@ from latent_diffusion.diffusion.consistency import ConsistencyConfig, boundary_s
 from latent_diffusion.hardware import resolve_device, resolve_precision
 from latent_diffusion.io import file_digest, load_state_strict
 from latent_diffusion.model.components import DiffusionComponents, decode_images
-from latent_diffusion.model.folder import load_components, model_hash, save_components
+from latent_diffusion.model.folder import load_components, load_unet, model_hash, read_index, save_components
 from latent_diffusion.model.reverse_process import sample_latents
 from latent_diffusion.sampling.discretization import lcm_timesteps
 from latent_diffusion.sampling.guidance import concat_conditions
@@ -180,13 +180,13 @@ class DistillTrainer:
                      "time_cond_proj.weight": torch.zeros(full.model_channels, dim)}
             unet_config, source = full, str(config.teacher)
         else:
-            init = load_components(config.student_init, device=self.device)
-            own = init.unet.config
-            if init.consistency is None or own.replace(num_res_blocks=full.num_res_blocks) != full:
+            init = load_unet(config.student_init)
+            own = init.config
+            if not read_index(config.student_init).get("consistency") or own.replace(num_res_blocks=full.num_res_blocks) != full:
                 raise ValueError(f"student_init={config.student_init!r} is not a consistency model of the teacher's "
                                  f"UNet with consistency.embedding_dim={config.consistency.embedding_dim}; give an "
                                  "earlier distillation of this teacher, or leave student_init out to start from it")
-            unet_config, state, source = own, init.unet.state_dict(), str(config.student_init)
+            unet_config, state, source = own, init.state_dict(), str(config.student_init)
         if config.student_res_blocks is not None and config.student_res_blocks != unet_config.num_res_blocks:
             unet_config, state = prune_res_blocks(unet_config, state, config.student_res_blocks)
         return unet_config, state, source
