@@ -116,7 +116,7 @@ def load_components(folder: str | Path, device: str | torch.device = "cpu",
     autoencoder = Autoencoder(AutoencoderConfig.load(folder / "autoencoder.json"))
     load_state_strict(autoencoder, load_tensors(folder / "autoencoder.safetensors"),
                       str(folder / "autoencoder.safetensors"))
-    unet = load_unet(folder)
+    unet = _read_unet(folder)
     conditioner = build_conditioner(ConditionerConfig.load(folder / "conditioner.json"))
     weights = load_tensors(folder / "conditioner.safetensors")
     if conditioner.kind != "minilm" or weights:
@@ -141,11 +141,15 @@ def load_components(folder: str | Path, device: str | torch.device = "cpu",
 def load_unet(folder: str | Path) -> UNet:
     """The UNet of a model folder alone, float32 (its config and weights; the other parts are not read,
     e.g. to start a distillation from an earlier student without loading its text encoder)."""
-    folder = Path(folder)
     read_index(folder)
+    return _read_unet(Path(folder)).float()
+
+
+def _read_unet(folder: Path) -> UNet:
+    """``unet.json`` and ``unet.safetensors`` of a folder whose index was read (strict keys)."""
     unet = UNet(UNetConfig.load(folder / "unet.json"))
     load_state_strict(unet, load_tensors(folder / "unet.safetensors"), str(folder / "unet.safetensors"))
-    return unet.float()
+    return unet
 
 
 def load_tiny_decoder(folder: str | Path) -> TinyDecoder:

@@ -182,7 +182,8 @@ class DistillTrainer:
         else:
             init = load_unet(config.student_init)
             own = init.config
-            if not read_index(config.student_init).get("consistency") or own.replace(num_res_blocks=full.num_res_blocks) != full:
+            distilled = bool(read_index(config.student_init).get("consistency"))
+            if not distilled or own.replace(num_res_blocks=full.num_res_blocks) != full:
                 raise ValueError(f"student_init={config.student_init!r} is not a consistency model of the teacher's "
                                  f"UNet with consistency.embedding_dim={config.consistency.embedding_dim}; give an "
                                  "earlier distillation of this teacher, or leave student_init out to start from it")
