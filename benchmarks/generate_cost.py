@@ -9,7 +9,9 @@ names its own).
 ``--student PATH`` adds a few-step model (``ldm train distill``'s output): it is measured at
 ``--student-steps`` (1, 2, 4, 8) with its own sampler and guidance, in the same run, the calls of
 both models alternated repeat by repeat, and a second table gives each row's time per image as a
-ratio of the first model's at its settings (issue #17's bar: at most 1/8 at 4 steps). A student
+ratio of the first model's at its settings (issue #17's bar: at most 1/8 at 4 steps), with the
+range of the ratios taken repeat by repeat (on a shared machine one run's ratio moves by a tenth,
+so the range says whether a bar is met or only touched). A student
 folder with a tiny decoder (autoencoder/tiny.py; it decodes by default) is measured with it and,
 in rows marked ``full``, with the autoencoder's decoder, so what each buys shows in one run.
 
@@ -122,9 +124,10 @@ def settings(pipe: TextToImage, args: argparse.Namespace, steps: int | None = No
                 guidance=options.guidance, progress=False)
 
 
-def measure(cases: list[tuple[TextToImage, dict]], repeats: int) -> list[dict[str, float]]:
+def measure(cases: list[tuple[TextToImage, dict]], repeats: int) -> tuple[list[dict[str, float]], list[list[float]]]:
     """Median seconds per call of each stage (and the total) for each ``(pipeline, call)`` case,
-    the cases run in turn ``repeats`` times so that a slow spell of the machine hits all of them."""
+    the cases run in turn ``repeats`` times so that a slow spell of the machine hits all of them;
+    and each case's total per repeat, in order (for ratios taken repeat by repeat)."""
     runs: list[list[dict[str, float]]] = [[] for _ in cases]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a truncated prompt is irrelevant to timing
@@ -133,12 +136,13 @@ def measure(cases: list[tuple[TextToImage, dict]], repeats: int) -> list[dict[st
         for _ in range(repeats):
             for (pipe, call), case_runs in zip(cases, runs):
                 case_runs.append(pipe(PROMPT, **call).timings)
-    medians = []
+    medians, totals = [], []
     for case_runs in runs:
         stages = {name: statistics.median(r[name] for r in case_runs) for name in ("encode", "denoise", "decode")}
-        stages["total"] = statistics.median(sum(r.values()) for r in case_runs)
+        totals.append([sum(r.values()) for r in case_runs])
+        stages["total"] = statistics.median(totals[-1])
         medians.append(stages)
-    return medians
+    return medians, totals
 
 
 def print_table(pipe: TextToImage, description: str, call: dict, args: argparse.Namespace,
@@ -162,19 +166,25 @@ def print_table(pipe: TextToImage, description: str, call: dict, args: argparse.
 
 
 def print_comparison(base: tuple[TextToImage, dict], base_t: dict[str, float], student: str,
-                     cases: list[tuple[TextToImage, dict]], times: list[dict[str, float]], num_images: int) -> None:
-    """Each student row's time per image and its ratio to the first model's."""
+                     cases: list[tuple[TextToImage, dict]], times: list[dict[str, float]], num_images: int,
+                     totals: list[list[float]]) -> None:
+    """Each student row's time per image and its ratio to the first model's: of the medians, and
+    the spread of the ratios taken repeat by repeat (a repeat runs every case once, in turn, so a
+    slow spell of the machine hits its teacher call and its student calls alike; the spread says how
+    far one run's ratio can be trusted)."""
     base_pipe, base_call = base
     base_image = base_t["total"] / num_images
     print(f"\nfew-step model: {student} (same run, calls alternated)")
     print(f"{'model':<10}{'sampler':<10}{'steps':>6}{'guidance':>10}{'decoder':>9}{'s / image':>11}{'denoise':>9}"
-          f"{'decode':>8}{'ratio':>8}")
-    rows = [("teacher", base_pipe, base_call, base_t)] + [("student", p, c, t) for (p, c), t in zip(cases, times)]
-    for name, pipe, call, t in rows:
+          f"{'decode':>8}{'ratio':>8}{'per-repeat ratio, min-max':>28}")
+    rows = [("teacher", base_pipe, base_call, base_t, totals[0])]
+    rows += [("student", p, c, t, r) for (p, c), t, r in zip(cases, times, totals[1:])]
+    for name, pipe, call, t, repeat_totals in rows:
         image = t["total"] / num_images
+        paired = [s / b for s, b in zip(repeat_totals, totals[0])]
         print(f"{name:<10}{call['sampler']:<10}{call['steps']:>6}{call['guidance']:>10g}{pipe.decoder:>9}"
               f"{image:>11.4f}{t['denoise'] / t['total']:>9.0%}{t['decode'] / t['total']:>8.0%}"
-              f"{image / base_image:>8.3f}")
+              f"{image / base_image:>8.3f}{min(paired):>19.3f} - {max(paired):.3f}")
 
 
 def main() -> None:
@@ -216,10 +226,10 @@ def main() -> None:
             configure(full, args)
             students.append(full)
         cases += [(s, settings(s, student_args, steps)) for s in students for steps in student_steps]
-    times = measure(cases, args.repeats)
+    times, totals = measure(cases, args.repeats)
     print_table(pipe, description, call, args, times[0])
     if args.student is not None:
-        print_comparison(cases[0], times[0], str(args.student), cases[1:], times[1:], args.num_images)
+        print_comparison(cases[0], times[0], str(args.student), cases[1:], times[1:], args.num_images, totals)
 
 
 if __name__ == "__main__":
