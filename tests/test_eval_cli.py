@@ -30,6 +30,7 @@ from latent_diffusion.evaluation.reconstruction import psnr
 from latent_diffusion.io import save_module
 from latent_diffusion.model.components import DiffusionComponents
 from latent_diffusion.model.folder import model_hash, save_components
+from latent_diffusion.pipelines.base import DEFAULT_SAMPLING
 from latent_diffusion.unet import UNet, UNetConfig
 
 COLORS = [(230, 20, 20), (20, 200, 40), (30, 40, 220), (240, 220, 10)]
@@ -206,6 +207,9 @@ def test_class_and_unconditional_models(tmp_path, monkeypatch, kind):
     result = runner.evaluate(settings, cache_dir=tmp_path / "features")
     assert result["model"]["conditioner"] == kind and result["metrics"]["generation"]["num_generated"] == 4
     assert result["settings"]["guidance"] == (runner.DEFAULT_GUIDANCE if kind == "class" else 1.0)
+    # Unless told, a conditional model is evaluated as `ldm generate` samples it.
+    assert (result["settings"]["sampler"], runner.DEFAULT_STEPS, runner.DEFAULT_GUIDANCE) == (
+        DEFAULT_SAMPLING["sampler"], DEFAULT_SAMPLING["steps"], DEFAULT_SAMPLING["guidance"])
     loaded = runner.load_model(model)
     dataset = build_dataset("imagefolder", "all", 16, path=str(tmp_path / "images"))
     conditions = runner.split_conditions(loaded.components, dataset, [0, 5])

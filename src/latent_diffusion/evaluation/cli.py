@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
     sampling.add_argument("--sampler", default=None, help="ddim, ddpm, euler, euler_ancestral, heun, dpmpp_2m, lcm "
                                                           "(default dpmpp_2m; lcm for a consistency model)")
     sampling.add_argument("--steps", type=int, default=None, help="default 25; a consistency model's own")
-    sampling.add_argument("--guidance", type=float, default=None, help="CFG scale (default 4; 1 if unconditional)")
+    sampling.add_argument("--guidance", type=float, default=None, help="CFG scale (default 5, as ldm generate; 1 if unconditional)")
     sampling.add_argument("--spacing", default=None, help="leading, trailing, linspace, karras (sampler default)")
     sampling.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")

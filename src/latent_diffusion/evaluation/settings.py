@@ -22,7 +22,9 @@ STYLES_GROUPS = ("composition", "memorization", "diversity")  # emoji-styles tex
 METRIC_GROUPS = ("reconstruction", "fid", "adherence", *STYLES_GROUPS)
 STYLED_DATA = ("emoji", "emoji-styles")  # the datasets with styles and skin tones
 DEFAULT_DIFFUSION_SAMPLES = 256
-DEFAULT_GUIDANCE = 4.0  # what training previews use (PreviewConfig.guidance)
+# A model is evaluated as `ldm generate` samples it (pipelines.base.DEFAULT_SAMPLING: dpmpp_2m, 25
+# steps, guidance 5), so `ldm eval MODEL` gives its card's figures without flags.
+DEFAULT_GUIDANCE = 5.0
 DEFAULT_STEPS = 25
 RESULT_FORMAT = "latent-diffusion-eval"
 
@@ -35,7 +37,7 @@ class EvalSettings(Config):
     number of images reconstructed (None = the whole split). ``num_reference``: real images of a
     diffusion model's evaluation, for FID/KID and reconstruction (None = the whole split), spread
     evenly over the split. ``resolution``: for
-    autoencoder folders (default 64); a diffusion model has its own. ``guidance``: None = 4 for
+    autoencoder folders (default 64); a diffusion model has its own. ``guidance``: None = 5 for
     conditional models, 1 (no guidance) for unconditional ones. ``spacing``: None = the sampler's
     default (``model.reverse_process.DEFAULT_SPACING``).
     """
