@@ -75,6 +75,7 @@ from latent_diffusion.evaluation.reconstruction import evaluate_autoencoder
 from latent_diffusion.evaluation.settings import (  # noqa: F401
     DEFAULT_DIFFUSION_SAMPLES,
     DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     METRIC_GROUPS,
     RESULT_FORMAT,
@@ -165,7 +166,7 @@ def resolve_settings(settings: EvalSettings, model: LoadedModel) -> EvalSettings
     elif guidance is None:
         guidance = DEFAULT_GUIDANCE if consistency is None else consistency.guidance
     # A latent consistency model is evaluated as it samples: lcm and its own steps unless told.
-    sampler = settings.sampler or ("dpmpp_2m" if consistency is None else "lcm")
+    sampler = settings.sampler or (DEFAULT_SAMPLER if consistency is None else "lcm")
     steps = settings.steps or (DEFAULT_STEPS if consistency is None else consistency.steps)
     if consistency is not None:
         check_consistency_call(model.components, sampler, steps, guidance)

@@ -13,6 +13,7 @@ from latent_diffusion.data import DATASET_NAMES, EMOJI_STYLES_SPLITS
 from latent_diffusion.data.common import SPLITS
 from latent_diffusion.data.emoji import STYLES as EMOJI_STYLES
 from latent_diffusion.data.emoji_styles.styles import check_styles
+from latent_diffusion.model.reverse_process import DEFAULT_SAMPLING
 from latent_diffusion.sampling import SAMPLERS
 from latent_diffusion.sampling.discretization import SPACINGS
 from latent_diffusion.validation import check_choice, check_positive
@@ -22,10 +23,11 @@ STYLES_GROUPS = ("composition", "memorization", "diversity")  # emoji-styles tex
 METRIC_GROUPS = ("reconstruction", "fid", "adherence", *STYLES_GROUPS)
 STYLED_DATA = ("emoji", "emoji-styles")  # the datasets with styles and skin tones
 DEFAULT_DIFFUSION_SAMPLES = 256
-# A model is evaluated as `ldm generate` samples it (pipelines.base.DEFAULT_SAMPLING: dpmpp_2m, 25
-# steps, guidance 5), so `ldm eval MODEL` gives its card's figures without flags.
-DEFAULT_GUIDANCE = 5.0
-DEFAULT_STEPS = 25
+# A model is evaluated as `ldm generate` samples it (DEFAULT_SAMPLING: dpmpp_2m, 25 steps, guidance 5),
+# so `ldm eval MODEL` gives its card's figures without flags.
+DEFAULT_SAMPLER = DEFAULT_SAMPLING["sampler"]
+DEFAULT_GUIDANCE = DEFAULT_SAMPLING["guidance"]
+DEFAULT_STEPS = DEFAULT_SAMPLING["steps"]
 RESULT_FORMAT = "latent-diffusion-eval"
 
 

@@ -29,6 +29,9 @@ from latent_diffusion.sampling import (
 from latent_diffusion.sampling.discretization import SPACINGS
 from latent_diffusion.validation import check_choice, check_positive
 
+# What a diffusion model samples with unless told, in `ldm generate` and `ldm eval` alike; a latent
+# consistency model's folder has its own (ConsistencyConfig: the lcm sampler, its steps and guidance).
+DEFAULT_SAMPLING = {"sampler": "dpmpp_2m", "steps": 25, "guidance": 5.0}
 DEFAULT_SPACING = {"euler": "trailing", "euler_ancestral": "trailing", "heun": "karras",
                    "dpmpp_2m": "karras", "ddim": "trailing", "ddpm": "trailing", "lcm": "lcm"}
 

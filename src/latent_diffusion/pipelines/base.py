@@ -23,7 +23,7 @@ from latent_diffusion.backends import Backend
 from latent_diffusion.hardware import resolve_precision
 from latent_diffusion.model.components import DiffusionComponents, decode_images
 from latent_diffusion.model.folder import load_components, model_hash
-from latent_diffusion.model.reverse_process import check_consistency_call, sample_latents, sampling_sigmas
+from latent_diffusion.model.reverse_process import DEFAULT_SAMPLING, check_consistency_call, sample_latents, sampling_sigmas
 from latent_diffusion.pipelines.budget import check_memory
 from latent_diffusion.pipelines.images import ImageInput, check_square, image_to_tensor, read_image
 from latent_diffusion.pipelines.options import MAX_SEED, SamplingOptions
@@ -75,10 +75,6 @@ def prompt_list(name: str, value: str | list[str]) -> list[str]:
         raise ValueError(f"{name}={value!r} must be a str or a non-empty list of str")
     return list(items)
 
-
-# What a diffusion model samples with unless told; a latent consistency model's folder has its own
-# (ConsistencyConfig: the lcm sampler, its steps and guidance).
-DEFAULT_SAMPLING = {"sampler": "dpmpp_2m", "steps": 25, "guidance": 5.0}
 
 
 @dataclass
