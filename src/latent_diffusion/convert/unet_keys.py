@@ -125,6 +125,10 @@ def unet_config_to_diffusers(config: UNetConfig, sample_size: int) -> dict[str, 
     if not config.mid_attention:
         raise ConversionError("diffusers' UNet2DConditionModel always has a mid-block transformer; this "
                               "UNet has mid_attention=False and cannot be exported")
+    if config.pooled_context:
+        raise ConversionError("this UNet adds a pooled text embedding to its time embedding "
+                              "(pooled_context=True), which diffusers' UNet2DConditionModel has no "
+                              "equivalent of; it cannot be exported to a diffusers folder")
     levels = range(len(config.channel_mult))
     heads = _heads_per_level(config)
     return {

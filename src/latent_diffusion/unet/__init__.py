@@ -3,7 +3,14 @@
 ``UNet(UNetConfig(...))(x, timesteps, context=..., context_mask=..., class_labels=..., concat=...)``
 """
 
-from latent_diffusion.unet.blocks import Downsample, ResBlock, Upsample, guidance_embedding, timestep_embedding
+from latent_diffusion.unet.blocks import (
+    Downsample,
+    ResBlock,
+    Upsample,
+    guidance_embedding,
+    pool_context,
+    timestep_embedding,
+)
 from latent_diffusion.unet.transformer import BasicTransformerBlock, SpatialTransformer
 from latent_diffusion.unet.unet import TimestepEmbedSequential, UNet, UNetConfig
 
@@ -17,5 +24,6 @@ __all__ = [
     "UNetConfig",
     "Upsample",
     "guidance_embedding",
+    "pool_context",
     "timestep_embedding",
 ]

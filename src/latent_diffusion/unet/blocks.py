@@ -154,6 +154,22 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def pool_context(context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One unit vector [B, D] per prompt: the mean of its real tokens' states [B, L, D], L2-normalized.
+
+    On all-MiniLM-L6-v2's states this is exactly its sentence embedding (sentence-transformers'
+    mean pooling, then ``Normalize``), the vector it was trained to place paraphrases close
+    together with. ``mask`` [B, L] (True for real tokens) keeps padding out; a row with no real
+    token pools to zeros rather than dividing by zero.
+    """
+    if mask is None:
+        mean = context.mean(dim=1)
+    else:
+        weights = mask.to(context.dtype).unsqueeze(-1)
+        mean = (context * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return F.normalize(mean, dim=-1)
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a module's parameters so a residual branch starts as the identity (as in ADM/LDM)."""
     for p in module.parameters():
@@ -161,4 +177,5 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["Downsample", "GroupNorm32", "ResBlock", "Upsample", "timestep_embedding", "zero_module"]
+__all__ = ["Downsample", "GroupNorm32", "ResBlock", "Upsample", "pool_context", "timestep_embedding",
+           "zero_module"]

@@ -30,6 +30,7 @@ from latent_diffusion.unet.blocks import (
     GroupNorm32,
     ResBlock,
     Upsample,
+    pool_context,
     timestep_embedding,
     zero_module,
 )
@@ -57,6 +58,11 @@ class UNetConfig(Config):
     scale, :func:`~latent_diffusion.unet.blocks.guidance_embedding`) projected without bias and
     added to the sinusoidal timestep features, as diffusers' ``time_cond_proj_dim``; the forward
     pass then needs ``timestep_cond``.
+    ``pooled_context``: also add the prompt as one vector to the time embedding, so that every
+    ResBlock (at every resolution, not only the attention levels) is told what to draw, as Imagen
+    and SDXL add a pooled text embedding: :func:`~latent_diffusion.unet.blocks.pool_context` of the
+    context (for MiniLM, its sentence embedding), through a linear layer that starts at zero, so a
+    model trained without it can be continued with it from the same function.
     """
 
     in_channels: int = 4
@@ -78,6 +84,7 @@ class UNetConfig(Config):
     norm_groups: int = 32
     mid_attention: bool = True
     time_cond_proj_dim: int | None = None
+    pooled_context: bool = False
 
     def __post_init__(self) -> None:
         _check_config(self)
@@ -133,6 +140,8 @@ class UNet(nn.Module):
             self.label_emb = nn.Embedding(c.num_classes + 1, emb_dim)
         if c.time_cond_proj_dim is not None:
             self.time_cond_proj = nn.Linear(c.time_cond_proj_dim, c.model_channels, bias=False)
+        if c.pooled_context:
+            self.context_pool_proj = zero_module(nn.Linear(c.context_dim, emb_dim))
         skip_channels = self._build_input_blocks(emb_dim)
         ch = c.model_channels * c.channel_mult[-1]
         self.middle_block = TimestepEmbedSequential(
@@ -254,9 +263,11 @@ class UNet(nn.Module):
         emb = self.time_embed(features)
         if self.config.num_classes is not None:
             emb = emb + self.label_emb(class_labels)
+        context = None if context is None else context.to(dtype)
+        if self.config.pooled_context:
+            emb = emb + self.context_pool_proj(pool_context(context, context_mask))
         h = x if concat is None else torch.cat([x, concat.to(x.dtype)], dim=1)
         h = h.to(dtype)
-        context = None if context is None else context.to(dtype)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, context, context_mask)
@@ -416,6 +427,9 @@ def _check_config(c: UNetConfig) -> None:
             f"attention_levels={c.attention_levels!r} must be a tuple of distinct indices into "
             f"channel_mult, i.e. in 0..{len(c.channel_mult) - 1}"
         )
+    if c.pooled_context and c.context_dim is None:
+        raise ValueError("pooled_context=True pools the text context, but context_dim=None (no context); "
+                         "set context_dim or pooled_context=False")
     if not 0.0 <= c.dropout < 1.0:
         raise ValueError(f"dropout={c.dropout!r} must lie in [0, 1)")
     for ch in {c.model_channels * m for m in (1, *c.channel_mult)}:
