@@ -76,7 +76,6 @@ def prompt_list(name: str, value: str | list[str]) -> list[str]:
     return list(items)
 
 
-
 @dataclass
 class PromptBatch:
     """The prompts of one call and their negatives (None: the model's unconditional input),
