@@ -262,6 +262,12 @@ def test_a_copying_model_is_caught_and_composes_perfectly(corpus, tmp_path, monk
     assert comp["heldout_pairs"]["examples"][0].endswith(" style")
     # Copies of training pictures retrieve their concept first, whatever the wording.
     assert m["adherence"]["training_prompts"]["top1"] == 1.0
+    # Per-prompt records, for paired comparisons of two evaluations (scripts/compare_evals.py).
+    for section in (m["adherence"]["training_prompts"], m["adherence"]["heldout_prompts"]):
+        assert len(section["ranks"]) == section["n"] and min(section["ranks"]) >= 1
+        assert sum(r <= 5 for r in section["ranks"]) / section["n"] == section["top5"]
+    assert comp["heldout_pairs"]["ranks"] == [1] * comp["heldout_pairs"]["n"]
+    assert comp["heldout_pairs"]["style_right"] == [True] * comp["heldout_pairs"]["n"]
     # The ceilings: real drawings without their own drawing in the gallery, one per (concept, style).
     # (Their values are pinned by hand in test_real_drawings_are_ranked_without_their_own_drawing.)
     ceiling = m["adherence"]["real_new_drawings"]

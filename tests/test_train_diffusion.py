@@ -100,6 +100,30 @@ def test_resume_is_bit_identical(workspace: Path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def test_lr_scale_gives_a_module_its_own_rate_and_resumes_bit_identically(workspace: Path) -> None:
+    def scaled(run: str, steps: int, scale: float = 10.0) -> DiffusionTrainingConfig:
+        config = make_config(workspace, run, steps=steps)
+        return config.replace(optim=config.optim.replace(lr_scale={"out": scale}))
+
+    trainer = DiffusionTrainer(scaled("scaled-straight", 4))
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(10 * lrs[0])  # in warm-up: 1e-3 * 10 * 1/2
+    assert [len(g["params"]) for g in trainer.optimizer.param_groups][1] == 4  # out.0 and out.2, weight + bias
+    straight = trainer.train()
+    logged = [row["lr"] for row in read_metrics(workspace / "scaled-straight") if "lr" in row]
+    # The base rate after each step (warm-up over 2 steps, then constant), not the scaled group's 1e-2.
+    assert logged == pytest.approx([1e-3] * 4)
+    DiffusionTrainer(scaled("scaled-resumed", 2)).train()
+    final = DiffusionTrainer(scaled("scaled-resumed", 4), resume=True).train()
+    a, b = unet_weights(straight), unet_weights(final)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    plain = unet_weights(DiffusionTrainer(make_config(workspace, "scaled-control", steps=4)).train())
+    assert not torch.equal(plain["out.2.weight"], a["out.2.weight"])  # the scale did change the training
+    with pytest.raises(ValueError, match="resume with the optim.lr_scale the run started with"):
+        DiffusionTrainer(make_config(workspace, "scaled-resumed", steps=6), resume=True)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(workspace: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         DiffusionTrainer(make_config(workspace, "never-ran"), resume=True)

@@ -5,6 +5,7 @@
 * :mod:`.features_cache` - feature extraction over a dataloader, and an on-disk cache per split.
 * :mod:`.reconstruction` - PSNR, SSIM, perceptual distance, rFID and codebook use of an autoencoder.
 * :mod:`.adherence` - text-to-image prompt adherence by retrieval against dataset images.
+* :mod:`.paired` - two models' retrieval hits on the same prompts, compared prompt by prompt.
 
 Importing this package loads no weights; the networks load when their classes are built.
 """
@@ -24,6 +25,7 @@ from latent_diffusion.evaluation.features_cache import (
 )
 from latent_diffusion.evaluation.fid import feature_statistics, fid_exact, frechet_distance, kid
 from latent_diffusion.evaluation.inception import InceptionFeatures, tf_bilinear_resize
+from latent_diffusion.evaluation.paired import paired_hits
 from latent_diffusion.evaluation.reconstruction import ReconstructionMetrics, evaluate_autoencoder, psnr, ssim
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "fid_exact",
     "frechet_distance",
     "kid",
+    "paired_hits",
     "prompt_adherence",
     "psnr",
     "retrieval_ranks",

@@ -278,9 +278,11 @@ def composition(components: DiffusionComponents, gallery: StylesGallery, setting
                         settings.batch_size)
         ranks = concept_ranks(queries, [c for c, _ in pairs], gallery.features, gallery.concepts)
         styles = probe.predict(queries)
+        style_right = [bool(p == s) for p, (_, s) in zip(styles, pairs)]
         result[label] = {"top1": float((ranks <= 1).double().mean()), "top5": float((ranks <= 5).double().mean()),
-                         "style_accuracy": sum(p == s for p, (_, s) in zip(styles, pairs)) / len(pairs),
-                         "n": len(pairs), "examples": prompts[:3]}
+                         "style_accuracy": sum(style_right) / len(pairs), "n": len(pairs), "examples": prompts[:3],
+                         # pair by pair, for paired comparisons of two evaluations (evaluation/paired.py)
+                         "ranks": [int(r) for r in ranks], "style_right": style_right}
     # The held-out pairs' real pictures, each without its own drawing: the ceiling of the figures above.
     rows = gallery.stand_ins({concept for concept, _ in held}, "composition")
     result["real_heldout_pairs"] = real_heldout_pairs(gallery, rows, probe)

@@ -208,5 +208,7 @@ def score_prompt_sets(prompts: AdherencePrompts, generate: Callable[[list[str], 
                                  gallery_features, gallery_ids)
         result[f"{prompt_set.name}_prompts"] = {
             "top1": scores.top1, "top5": scores.top5, "chance_top1": scores.chance_top1,
-            "chance_top5": scores.chance_top5, "n": scores.n, "examples": prompt_set.prompts[:3]}
+            "chance_top5": scores.chance_top5, "n": scores.n, "examples": prompt_set.prompts[:3],
+            # prompt by prompt, so two evaluations can be compared pairwise (evaluation/paired.py)
+            "ranks": scores.ranks}
     return result

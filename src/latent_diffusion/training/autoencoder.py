@@ -43,7 +43,14 @@ from latent_diffusion.training.checkpoint import CheckpointManager
 from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, compile_in_place, memory_format, run_training
-from latent_diffusion.training.optim import GradientAccumulator, build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.optim import (
+    GradientAccumulator,
+    base_lr,
+    build_optimizer,
+    clip_grad,
+    scaled_param_groups,
+    warmup_schedule,
+)
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
 from latent_diffusion.validation import check_choice, check_positive
@@ -155,12 +162,14 @@ class AutoencoderTrainer:
             self.model, self.tiny, self.source_scale_factor)
         # Resolved once, so a resumed run on the same machine keeps the same arithmetic.
         self.precision = resolve_precision(config.run.precision, self.device)
-        self.trainable = [p for p in self.learner.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.learner.named_parameters() if p.requires_grad]
+        self.trainable = [p for _, p in named]
         self.loss = AutoencoderLoss(config.loss).to(self.device)
         self.train_set = dataset_from_config(config.data, "train")
         # before any write
         batches_per_epoch(len(self.train_set), config.run.batch_size * config.optim.grad_accum * self.ctx.world_size)
-        self.optimizer = build_optimizer(self.trainable, lr=config.optim.lr,
+        self.optimizer = build_optimizer(scaled_param_groups(named, config.optim.lr_scale, config.optim.lr),
+                                         lr=config.optim.lr,
                                          weight_decay=config.optim.weight_decay, betas=config.optim.betas)
         self.disc_optimizer = build_optimizer(self.loss.discriminator.parameters(),
                                               lr=config.disc_lr or config.optim.lr,
@@ -226,7 +235,7 @@ class AutoencoderTrainer:
             self.disc_optimizer.step()
         mean = {key: sum(log[key] for log in logs) / len(logs) for key in logs[0]}
         mean["grad_norm"] = grad_norm
-        mean["lr"] = self.scheduler.get_last_lr()[0]
+        mean["lr"] = base_lr(self.optimizer)
         self.step += 1
         mean["total"] = float(self.ctx.all_reduce_mean(torch.tensor(mean["total"])))
         return mean

@@ -189,7 +189,15 @@ class CheckpointManager:
         training = state["training_state"]
         for kind, objects in (("optimizers", optimizers), ("schedulers", schedulers), ("ema", ema)):
             for name, obj in (objects or {}).items():
-                obj.load_state_dict(training[kind][name])
+                try:
+                    obj.load_state_dict(training[kind][name])
+                except ValueError as err:
+                    if kind != "optimizers":
+                        raise
+                    # torch's message speaks of parameter groups; say which setting makes them.
+                    raise ValueError(f"--resume: the checkpoint's {name} does not fit this run's ({err}); its "
+                                     "parameter groups come from optim.lr_scale, so resume with the "
+                                     "optim.lr_scale the run started with") from err
         return int(state["step"])
 
     def _write_pointer(self, name: str) -> None:

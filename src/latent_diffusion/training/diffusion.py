@@ -49,7 +49,14 @@ from latent_diffusion.training.latent_cache import (
 )
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, compile_in_place, memory_format, run_training
-from latent_diffusion.training.optim import GradientAccumulator, build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.optim import (
+    GradientAccumulator,
+    base_lr,
+    build_optimizer,
+    clip_grad,
+    scaled_param_groups,
+    warmup_schedule,
+)
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
 from latent_diffusion.unet import UNet, UNetConfig
@@ -193,13 +200,14 @@ class DiffusionTrainer:
         check_image_condition(config, self.autoencoder)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         self.latents, self.text = self._build_caches()
-        trainable = list(self.unet.parameters())
+        named = list(self.unet.named_parameters())
         if self.conditioner.trainable:
-            trainable += [p for p in self.conditioner.parameters() if p.requires_grad]
-        self.trainable = trainable
+            named += [(f"conditioner.{n}", p) for n, p in self.conditioner.named_parameters() if p.requires_grad]
+        self.trainable = [p for _, p in named]
         self.model = self.ctx.wrap(self.unet)
         self.ema = EMA(self.unet, decay=config.ema_decay)
-        self.optimizer = build_optimizer(trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+        groups = scaled_param_groups(named, config.optim.lr_scale, config.optim.lr)
+        self.optimizer = build_optimizer(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay,
                                          betas=config.optim.betas)
         self.scheduler = warmup_schedule(self.optimizer, config.optim.warmup_steps, config.run.max_steps,
                                          kind=config.optim.schedule)
@@ -329,7 +337,7 @@ class DiffusionTrainer:
         self.ema.update(self.unet)
         self.step += 1
         mean_loss = float(self.ctx.all_reduce_mean(torch.tensor(total)))
-        return {"loss": mean_loss, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        return {"loss": mean_loss, "grad_norm": grad_norm, "lr": base_lr(self.optimizer)}
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def _save(self) -> None:

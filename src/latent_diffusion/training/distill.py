@@ -55,7 +55,7 @@ from latent_diffusion.training.distributed import DistributedContext
 from latent_diffusion.training.latent_cache import LatentSet, cache_key
 from latent_diffusion.training.logging import TrainingLogger
 from latent_diffusion.training.loop import autocast, compile_in_place, run_training
-from latent_diffusion.training.optim import build_optimizer, clip_grad, warmup_schedule
+from latent_diffusion.training.optim import base_lr, build_optimizer, clip_grad, scaled_param_groups, warmup_schedule
 from latent_diffusion.training.run_folder import check_run_folder, clear_run_folder
 from latent_diffusion.training.settings import OptimConfig, RunConfig, batches_per_epoch
 from latent_diffusion.unet import UNet, UNetConfig
@@ -159,7 +159,8 @@ class DistillTrainer:
         compile_in_place(self.student, config.run, self.device)  # after the copy: the target stays eager
         self.latents = self._build_latents()
         self.model = self.ctx.wrap(self.student)
-        self.optimizer = build_optimizer(list(self.student.parameters()), lr=config.optim.lr,
+        groups = scaled_param_groups(self.student.named_parameters(), config.optim.lr_scale, config.optim.lr)
+        self.optimizer = build_optimizer(groups, lr=config.optim.lr,
                                          weight_decay=config.optim.weight_decay, betas=config.optim.betas)
         self.scheduler = warmup_schedule(self.optimizer, config.optim.warmup_steps, config.run.max_steps,
                                          kind=config.optim.schedule)
@@ -284,7 +285,7 @@ class DistillTrainer:
                 target.lerp_(online, 1.0 - self.config.ema_decay)
         self.step += 1
         mean_loss = float(self.ctx.all_reduce_mean(loss.detach().cpu()))
-        return {"loss": mean_loss, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
+        return {"loss": mean_loss, "grad_norm": grad_norm, "lr": base_lr(self.optimizer)}
 
     # ---- checkpoints, previews, export --------------------------------------------------------
     def _save(self) -> None:

@@ -8,7 +8,7 @@ for short runs. Gradient accumulation reaches the paper's large batches on small
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +38,60 @@ def build_optimizer(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], l
     if not params:
         raise ValueError("params is empty; pass model.parameters() of a model with trainable weights")
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+
+
+def check_lr_scale(lr_scale: Mapping[str, float], what: str = "optim.lr_scale") -> None:
+    """Refuse a ``lr_scale`` mapping whose keys are not non-empty strings or whose values are not finite and > 0."""
+    if not isinstance(lr_scale, Mapping):
+        raise ValueError(f"{what} must map parameter name prefixes to multipliers, got {lr_scale!r}")
+    for key, scale in lr_scale.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{what}: keys must be parameter name prefixes, got {key!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+            raise ValueError(f"{what}[{key!r}]={scale!r} must be a finite number > 0")
+
+
+def scaled_param_groups(named_params: Iterable[tuple[str, torch.Tensor]], lr_scale: Mapping[str, float],
+                        lr: float, what: str = "optim.lr_scale") -> list[dict[str, Any]]:
+    """Parameter groups whose learning rate is ``lr`` times a per-module scale, for :func:`build_optimizer`.
+
+    ``lr_scale`` maps a dotted name prefix of ``named_params`` (``"context_pool_proj"``, or
+    ``"output_blocks.3"``) to a multiplier, so a layer added to a trained model can learn faster than
+    the weights it joins. A prefix matches whole name parts (``"out"`` matches ``out.weight``, not
+    ``output_blocks.0``); of several matching prefixes the longest wins. Parameters that match none
+    keep ``lr`` and come first, so ``optimizer.param_groups[0]`` holds the base rate whenever
+    any parameter keeps it. Each group records its ``lr_scale`` (see :func:`base_lr`); parameters
+    that do not require gradients are left out. A prefix that matches no parameter is a
+    ``ValueError`` naming the top-level modules, as a typo would otherwise train at ``lr`` silently.
+    """
+    check_positive("lr", lr)
+    check_lr_scale(lr_scale, what)
+    keys = sorted(lr_scale, key=lambda k: (-len(k), k))  # longest first, so the most specific wins
+    groups: dict[str | None, list[torch.Tensor]] = {None: []}
+    seen: set[str] = set()
+    names: list[str] = []
+    for name, param in named_params:
+        names.append(name)
+        if not param.requires_grad:
+            continue
+        key = next((k for k in keys if name == k or name.startswith(k + ".")), None)
+        groups.setdefault(key, []).append(param)
+        if key is not None:
+            seen.add(key)
+    unmatched = sorted(set(lr_scale) - seen)
+    if unmatched:
+        tops = sorted({n.split(".")[0] for n in names})
+        raise ValueError(f"{what}: {unmatched} match(es) no trainable parameter; names start with one of {tops} "
+                         "(a key is a dotted prefix of a parameter name, e.g. 'context_pool_proj')")
+    order = [None] + sorted(k for k in groups if k is not None)
+    return [{"params": groups[k], "lr": lr * (1.0 if k is None else float(lr_scale[k])),
+             "lr_scale": 1.0 if k is None else float(lr_scale[k])} for k in order if groups[k]]
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The scheduled base learning rate: the first group's ``lr`` over its ``lr_scale`` (1 if absent)."""
+    group = optimizer.param_groups[0]
+    return float(group["lr"]) / float(group.get("lr_scale", 1.0))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None = None,

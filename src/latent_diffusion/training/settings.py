@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from latent_diffusion.config import Config
+from latent_diffusion.training.optim import check_lr_scale
 from latent_diffusion.validation import check_positive
 
 
@@ -20,9 +21,15 @@ class OptimConfig(Config):
     schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float | None = 1.0
     grad_accum: int = 1
+    # Multipliers of lr by parameter name prefix of the trained network (the UNet, the autoencoder or
+    # its tiny decoder, the distilled student; not the discriminator, which has disc_lr), e.g.
+    # {context_pool_proj: 10} to let a layer added by init_from learn faster than the trained weights
+    # it joins (training/optim.py: scaled_param_groups).
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_positive("optim.lr", self.lr)
+        check_lr_scale(self.lr_scale)
         check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
         check_positive("optim.grad_accum", self.grad_accum)
