@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from math import comb
 from pathlib import Path
 
 import pytest
 
+from script_loading import load_script
+
 from latent_diffusion.evaluation.paired import paired_hits
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_evals.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_evals", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-COMPARE = load_script()
+COMPARE = load_script("compare_evals")
 
 
 def ranks_for(hits: list[bool]) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,23 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from script_loading import load_script
 from test_text_to_image import tiny_model_folder
 
 from latent_diffusion.io import save_module
 from latent_diffusion.model.folder import read_index
 from latent_diffusion.pipelines import load_components
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ship_model.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ship_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SHIP = load_script()
+SHIP = load_script("ship_model")
 
 
 def ship(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
